@@ -1,0 +1,1 @@
+"""The member's node: identity, signed entries, store, documents, local app and CLI."""

@@ -1,0 +1,1 @@
+"""crewnode peer-to-peer sync: protocol, HTTPS transport, LAN discovery, bundles."""
