@@ -1,0 +1,67 @@
+"""The Flask app factory: the local page and the JSON API, guarded by `security`."""
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from web import WEB_DIR
+
+from . import security
+from .api import api
+from .errors import NodeError
+
+MAX_REQUEST = 1024 * 1024
+
+
+def create_app(node_thread, token: str) -> Flask:
+    """An app serving `node_thread`'s Service; it must be bound to 127.0.0.1 only."""
+    app = Flask(__name__, template_folder=str(WEB_DIR / "templates"), static_folder=str(WEB_DIR / "static"))
+    app.config.update(
+        NODE=node_thread,
+        TOKEN=token,
+        MAX_CONTENT_LENGTH=MAX_REQUEST,
+        TRUSTED_HOSTS=["127.0.0.1", "localhost"],   # a DNS-rebinding page arrives with its own Host
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.register_blueprint(api)
+    from .pages import pages
+    app.register_blueprint(pages)
+
+    @app.before_request
+    def guard():
+        reason = security.cross_site_reason(request)
+        if reason:
+            return _error(403, reason)
+        if request.path == "/api/health" or request.path.startswith("/static/"):
+            return None
+        login = security.token_login()
+        if login is not None:
+            return login
+        if not security.is_authorized(request):
+            if request.path.startswith("/api/"):
+                return _error(401, "this needs the node's token: send 'Authorization: Bearer TOKEN'"
+                                   " (run `crewnode token` to see it)")
+            return app.response_class(
+                "<!doctype html><title>crewnode</title><p>Open the page with the link that "
+                "<code>crewnode serve</code> printed (it carries the token), or run "
+                "<code>crewnode token</code>.</p>", status=401, mimetype="text/html")
+        return None
+
+    @app.errorhandler(NodeError)
+    def node_error(exc: NodeError):
+        return _error(exc.status, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if exc.code == 413:
+            return _error(413, f"the request is larger than {MAX_REQUEST // 1024} KiB")
+        if request.path.startswith("/api/") or exc.code == 400:
+            return _error(exc.code, exc.description or exc.name)
+        return exc
+
+    return app
+
+
+def _error(status: int, message: str):
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response

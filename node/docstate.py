@@ -1,0 +1,197 @@
+"""A document's state: the facts folded from its accepted entries, and its pycrdt content.
+
+Facts are kept as sets of operations with a fixed "latest wins" order (entry time, then hash),
+so folding the same entries in any order gives the same state (DESIGN principle 3).
+Attributed facts (membership, names, proposals, responses, commitments) come from the signed
+operations, so no member can put words in another's mouth; the free-form shared content that
+members may all edit (name, purpose) lives in the pycrdt document, where concurrent edits merge.
+"""
+from dataclasses import dataclass, field
+
+from pycrdt import Doc, Map
+
+
+def order_key(entry) -> tuple:
+    """The fixed order in which concurrent facts are settled: time, then hash."""
+    return (entry.at, entry.hash)
+
+
+@dataclass
+class Version:
+    """One text of an agreement; a new version starts a new consent round."""
+
+    hash: str
+    title: str
+    text: str
+    review_by: str | None
+    author: str
+    at: int
+
+
+@dataclass
+class Agreement:
+    """A proposal and its consent round(s)."""
+
+    id: str
+    proposals: list = field(default_factory=list)      # (order key, entry, author)
+    revisions: dict = field(default_factory=dict)      # hash -> Version
+    responses: dict = field(default_factory=dict)      # member -> {(version, key): (response, reason)}
+    retired: bool = False
+
+    @property
+    def first(self):
+        """The proposal that defines the agreement (a reused id is settled by the fixed order)."""
+        return min(self.proposals, key=lambda p: p[0])
+
+    @property
+    def kind(self) -> str:
+        return self.first[1].op.get("kind", "agreement")
+
+    @property
+    def subject(self) -> str | None:
+        return self.first[1].op.get("subject")
+
+    @property
+    def proposed_by(self) -> str:
+        return self.first[2]
+
+    @property
+    def entitled(self) -> list:
+        return self.first[1].op["entitled"]
+
+    @property
+    def versions(self) -> dict:
+        """Version hash -> Version, the proposal's own text first."""
+        entry, author = self.first[1], self.first[2]
+        op = entry.op
+        base = Version(entry.hash, op["title"], op.get("text", ""), op.get("review_by"), author, entry.at)
+        return {entry.hash: base, **self.revisions}
+
+    @property
+    def current(self) -> Version:
+        return max(self.versions.values(), key=lambda v: (v.at, v.hash))
+
+    def response_of(self, member: str):
+        """The member's latest response to the current version, or None."""
+        current = self.current.hash
+        mine = [(key, value) for (version, key), value in self.responses.get(member, {}).items() if version == current]
+        return max(mine)[1] if mine else None
+
+
+@dataclass
+class Commitment:
+    """Who promised what, by when; its status is the latest status entry."""
+
+    id: str
+    creations: list = field(default_factory=list)      # (order key, entry, author)
+    statuses: list = field(default_factory=list)       # (order key, status)
+
+    @property
+    def first(self):
+        return min(self.creations, key=lambda c: c[0])
+
+    @property
+    def status(self) -> str:
+        return max(self.statuses)[1] if self.statuses else "open"
+
+
+@dataclass
+class Member:
+    """A member of a document; `joined` orders the member list."""
+
+    id: str
+    joined: tuple
+    status: str = "active"
+
+
+class DocState:
+    """Everything known about one document, built from its accepted entries."""
+
+    def __init__(self, doc_id: str, genesis):
+        self.id = doc_id
+        self.genesis = genesis
+        op = genesis.op
+        self.type: str = op["type"]
+        self.congregation: str | None = op.get("congregation")
+        self.forked_from = op.get("forked_from")
+        self.members: dict[str, Member] = {}
+        self.names: dict[str, tuple] = {}              # member -> (order key, name)
+        self.invites: dict[str, dict] = {}
+        self.agreements: dict[str, Agreement] = {}
+        self.commitments: dict[str, Commitment] = {}
+        self.vector: dict[str, int] = {}
+        self.count = 0
+        self.ydoc = Doc()
+        self.meta = self.ydoc.get("meta", type=Map)
+
+    # -- folding ---------------------------------------------------------------------------
+
+    def apply(self, entry, author: str) -> None:
+        """Fold one accepted entry into the state."""
+        key = order_key(entry)
+        op = entry.op
+        kind = op["t"]
+        self.count += 1
+        self.vector[entry.device] = max(self.vector.get(entry.device, 0), entry.seq)
+        if entry.body:
+            self.ydoc.apply_update(entry.body)
+        if kind == "genesis":
+            self._admit(author, key)
+            self._name(author, key, op.get("name"))
+            for member in op.get("members", []):
+                self._admit(member, key)
+        elif kind == "name":
+            self._name(author, key, op["name"])
+        elif kind == "invite":
+            self.invites[op["key"]] = {"expires": op["expires"], "note": op.get("note", ""), "by": author,
+                                       "at": entry.at, "used_by": None}
+        elif kind == "admit":
+            self._admit(op["member"], key)
+            self._name(op["member"], key, op.get("name"))
+            invite = self.invites.get(op["invite"])
+            if invite is not None:
+                invite["used_by"] = op["member"]
+        elif kind == "add":
+            self._admit(op["member"], key)
+        elif kind == "propose":
+            agreement = self.agreements.setdefault(op["agreement"], Agreement(op["agreement"]))
+            agreement.proposals.append((key, entry, author))
+        elif kind == "revise":
+            self.agreements[op["agreement"]].revisions[entry.hash] = Version(
+                entry.hash, op["title"], op.get("text", ""), op.get("review_by"), author, entry.at)
+        elif kind == "respond":
+            slot = self.agreements[op["agreement"]].responses.setdefault(author, {})
+            slot[(op["version"], key)] = (op["response"], op.get("reason", ""))
+        elif kind == "retire":
+            self.agreements[op["agreement"]].retired = True
+        elif kind == "commit":
+            commitment = self.commitments.setdefault(op["commitment"], Commitment(op["commitment"]))
+            commitment.creations.append((key, entry, author))
+        elif kind == "status":
+            self.commitments[op["commitment"]].statuses.append((key, op["status"]))
+
+    def _admit(self, member: str, key: tuple) -> None:
+        known = self.members.get(member)
+        if known is None or key < known.joined:
+            self.members[member] = Member(member, key)
+
+    def _name(self, member: str, key: tuple, name: str | None) -> None:
+        if name and (member not in self.names or key > self.names[member][0]):
+            self.names[member] = (key, name)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def name_of(self, member: str) -> str:
+        """A member's display name, or a short form of their id when none is known."""
+        found = self.names.get(member)
+        return found[1] if found else f"member {member[:8]}"
+
+    def active_members(self) -> list[str]:
+        """Ids of active members, in the order they joined."""
+        members = sorted(self.members.values(), key=lambda m: m.joined)
+        return [m.id for m in members if m.status == "active"]
+
+    def meta_value(self, key: str, default: str = "") -> str:
+        """A field of the shared pycrdt `meta` map."""
+        value = self.meta.get(key)
+        return value if isinstance(value, str) else default

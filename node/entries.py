@@ -1,0 +1,184 @@
+"""Signed entries: the unit of change, their byte format and their checks.
+
+Wire and hash format: u32 header length, header (canonical JSON), u32 body length, body
+(one pycrdt update, may be empty), then the device's 64-byte Ed25519 signature over
+`SIG_CONTEXT + sha256(everything before the signature)`. The hash is the entry's id; a
+document's id is the hash of its first entry, so no one can forge another document's id.
+"""
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+
+from .identity import IdentityError, check_device_cert, verify
+from .ids import canonical_json, unb32
+
+SIG_CONTEXT = b"crewnode-entry-v1:"
+MAX_HEADER = 64 * 1024
+MAX_BODY = 1024 * 1024
+MAX_ENTRY = MAX_HEADER + MAX_BODY + 72
+HEADER_KEYS = {"v", "doc", "dev", "seq", "prev", "at", "op"}
+
+
+class EntryError(ValueError):
+    """An entry that is malformed or whose signature does not hold."""
+
+
+@dataclass
+class Entry:
+    """One decoded entry; `raw` is exactly the bytes that were hashed and signed."""
+
+    hash: str
+    header: dict
+    body: bytes
+    sig: bytes
+    raw: bytes = field(repr=False)
+
+    @property
+    def doc(self) -> str:
+        """The document id; a genesis entry names its own hash."""
+        return self.header["doc"] or self.hash
+
+    @property
+    def device(self) -> str:
+        return self.header["dev"]
+
+    @property
+    def seq(self) -> int:
+        return self.header["seq"]
+
+    @property
+    def prev(self) -> str:
+        return self.header["prev"]
+
+    @property
+    def at(self) -> int:
+        return self.header["at"]
+
+    @property
+    def op(self) -> dict:
+        return self.header["op"]
+
+    @property
+    def cert(self) -> dict | None:
+        return self.header.get("cert")
+
+    @property
+    def is_genesis(self) -> bool:
+        return self.header["doc"] == ""
+
+    def signature_holds(self) -> bool:
+        """Check this entry's own signature against its device key."""
+        return verify(unb32(self.device), self.sig, SIG_CONTEXT + bytes.fromhex(self.hash))
+
+
+def _signed_part(header_bytes: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(header_bytes)) + header_bytes + struct.pack(">I", len(body)) + body
+
+
+def build_entry(identity, doc: str, seq: int, prev: str, at: int, op: dict, body: bytes = b"",
+                with_cert: bool = False) -> Entry:
+    """Make and sign a new entry of `identity`'s device."""
+    header = {"v": 1, "doc": doc, "dev": identity.device_id, "seq": seq, "prev": prev, "at": at, "op": op}
+    if with_cert:
+        header["cert"] = identity.cert
+    signed = _signed_part(canonical_json(header), body)
+    digest = hashlib.sha256(signed).digest()
+    sig = identity.sign(SIG_CONTEXT + digest)
+    return Entry(digest.hex(), header, body, sig, signed + sig)
+
+
+def decode_entry(raw: bytes) -> Entry:
+    """Parse and shape-check one entry's bytes (the signature is checked separately)."""
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) < 72:
+        raise EntryError("entry is truncated")
+    if len(raw) > MAX_ENTRY:
+        raise EntryError("entry is too large")
+    raw = bytes(raw)
+    (hlen,) = struct.unpack_from(">I", raw, 0)
+    if hlen > MAX_HEADER or 4 + hlen + 4 + 64 > len(raw):
+        raise EntryError("entry is truncated")
+    header_bytes = raw[4:4 + hlen]
+    (blen,) = struct.unpack_from(">I", raw, 4 + hlen)
+    if blen > MAX_BODY or 8 + hlen + blen + 64 != len(raw):
+        raise EntryError("entry length does not match its contents")
+    body = raw[8 + hlen:8 + hlen + blen]
+    sig = raw[8 + hlen + blen:]
+    try:
+        header = json.loads(header_bytes)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EntryError("entry header is not JSON") from exc
+    _check_header(header)
+    digest = hashlib.sha256(raw[:-64]).hexdigest()
+    return Entry(digest, header, body, sig, raw)
+
+
+def _check_header(header) -> None:
+    if not isinstance(header, dict) or not HEADER_KEYS <= set(header) or set(header) - HEADER_KEYS - {"cert"}:
+        raise EntryError("entry header has the wrong fields")
+    if header["v"] != 1:
+        raise EntryError("entry version is not supported")
+    seq, prev, doc = header["seq"], header["prev"], header["doc"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise EntryError("entry seq must be a positive integer")
+    if not isinstance(header["at"], int) or header["at"] < 0:
+        raise EntryError("entry time must be an integer")
+    if not isinstance(doc, str) or (doc and not _is_hash(doc)):
+        raise EntryError("entry document id is malformed")
+    if not isinstance(prev, str) or (prev and not _is_hash(prev)) or (seq == 1) != (prev == ""):
+        raise EntryError("entry chain link is malformed")
+    if doc == "" and seq != 1:
+        raise EntryError("a document's first entry must have seq 1")
+    try:
+        if len(unb32(header["dev"])) != 32:
+            raise ValueError
+    except (ValueError, TypeError) as exc:
+        raise EntryError("entry device id is malformed") from exc
+    if not isinstance(header["op"], dict) or not isinstance(header["op"].get("t"), str):
+        raise EntryError("entry operation is malformed")
+    if "cert" in header:
+        try:
+            _, device = check_device_cert(header["cert"])
+        except IdentityError as exc:
+            raise EntryError(str(exc)) from exc
+        if device != header["dev"]:
+            raise EntryError("entry certificate is for another device")
+    elif seq == 1:
+        raise EntryError("a device's first entry in a document must carry its certificate")
+
+
+def _is_hash(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def verify_runs(entries: list[Entry]) -> dict[str, bool]:
+    """Signature check of many entries, verifying one signature per hash-chained run.
+
+    Each entry's hash covers its `prev`, so the signature of a run's last entry vouches for
+    every entry before it in the run; only a run whose last signature fails is checked one by
+    one, to find which entries are bad.
+    """
+    ok: dict[str, bool] = {}
+    by_log: dict[tuple, list[Entry]] = {}
+    for entry in entries:
+        by_log.setdefault((entry.doc, entry.device), []).append(entry)
+    for log in by_log.values():
+        log.sort(key=lambda e: e.seq)
+        run: list[Entry] = []
+        for entry in log:
+            if run and (entry.seq != run[-1].seq + 1 or entry.prev != run[-1].hash):
+                _verify_run(run, ok)
+                run = []
+            run.append(entry)
+        if run:
+            _verify_run(run, ok)
+    return ok
+
+
+def _verify_run(run: list[Entry], ok: dict[str, bool]) -> None:
+    if run[-1].signature_holds():
+        for entry in run:
+            ok[entry.hash] = True
+        return
+    for entry in run:
+        ok[entry.hash] = entry.signature_holds()

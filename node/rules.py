@@ -1,0 +1,213 @@
+"""The documents' rules: which operations exist, who may write them, what they must hold.
+
+`check_op` decides an entry against the state built from the entries accepted so far. It
+answers by returning (accept), raising `Pending` (something it depends on has not arrived yet:
+keep it and try again later) or raising `Refused` (it can never be accepted). Every rule is
+monotone: once an entry's dependencies are present, every node gives the same answer,
+whatever order entries arrived in. So no rule may depend on which of two entries came first
+(say, two proposals reusing one id): those are settled when state is read, by a fixed order.
+"""
+import datetime as dt
+
+from .identity import verify
+from .ids import unb32
+
+RESPONSES = ("consent", "object", "stand_aside")
+COMMITMENT_STATUSES = ("open", "done", "released")
+AGREEMENT_KINDS = ("agreement", "removal")
+MAX_TITLE = 200
+MAX_TEXT = 20_000
+MAX_NAME = 80
+MAX_REASON = 2_000
+JOIN_CONTEXT = b"crewnode-join-v1:"
+
+
+class Refused(ValueError):
+    """An entry that breaks a rule; it changes nothing."""
+
+
+class Pending(Exception):
+    """An entry whose dependencies (an author's admission, an agreement) have not arrived."""
+
+
+def require(condition, message: str) -> None:
+    """Refuse with `message` unless `condition` holds."""
+    if not condition:
+        raise Refused(message)
+
+
+def check_text(value, what: str, limit: int, required: bool = True) -> str:
+    """A string field, trimmed, within `limit` characters; returns it."""
+    require(isinstance(value, str), f"{what} must be text")
+    value = value.strip()
+    require(value or not required, f"{what} must not be empty")
+    require(len(value) <= limit, f"{what} is longer than {limit} characters")
+    return value
+
+
+def check_date(value, what: str) -> str | None:
+    """An optional ISO date (YYYY-MM-DD); returns it or None."""
+    if value in (None, ""):
+        return None
+    require(isinstance(value, str), f"{what} must be an ISO date like 2026-12-31")
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise Refused(f"{what} must be an ISO date like 2026-12-31") from None
+    require(len(value) == 10, f"{what} must be an ISO date like 2026-12-31")
+    return value
+
+
+def check_member_id(value, what: str = "member id") -> str:
+    """A member id: a base32 Ed25519 public key."""
+    try:
+        ok = isinstance(value, str) and len(unb32(value)) == 32
+    except ValueError:
+        ok = False
+    require(ok, f"{what} is not a member id")
+    return value
+
+
+def invite_message(doc_id: str, member_id: str) -> bytes:
+    """What a newcomer signs with the invite's key to prove they hold the code."""
+    return JOIN_CONTEXT + doc_id.encode() + b":" + member_id.encode()
+
+
+def check_genesis(entry) -> None:
+    """Rules for a document's first entry."""
+    op = entry.op
+    require(op["t"] == "genesis", "a document must start with a genesis entry")
+    require(op.get("type") in ("congregation", "crew"), "unknown document type")
+    if op["type"] == "crew":
+        require(isinstance(op.get("congregation"), str), "a crew names its congregation")
+        members = op.get("members")
+        require(isinstance(members, list) and len(members) <= 500, "a crew lists its members")
+        for member in members:
+            check_member_id(member)
+
+
+def check_op(entry, author: str, state) -> None:
+    """Decide a non-genesis entry by `author` against `state` (a DocState)."""
+    op = entry.op
+    kind = op["t"]
+    check = OPS.get((state.type, kind)) or OPS.get(("*", kind))
+    require(check is not None, f"operation {kind!r} does not exist in a {state.type}")
+    if author not in state.members:
+        raise Pending(f"author {author} is not (yet) a member of this {state.type}")
+    check(entry, author, state)
+
+
+def _name(entry, author, state):
+    check_text(entry.op.get("name"), "name", MAX_NAME)
+
+
+def _meta(entry, author, state):
+    pass
+
+
+def _invite(entry, author, state):
+    op = entry.op
+    try:
+        require(len(unb32(op.get("key", ""))) == 32, "invite key is malformed")
+    except ValueError:
+        raise Refused("invite key is malformed") from None
+    require(isinstance(op.get("expires"), int), "invite expiry must be a time")
+    check_text(op.get("note", ""), "note", MAX_REASON, required=False)
+
+
+def _admit(entry, author, state):
+    op = entry.op
+    member = check_member_id(op.get("member"))
+    invite = state.invites.get(op.get("invite"))
+    if invite is None:
+        raise Pending("the invite this admission uses has not arrived")
+    require(entry.at <= invite["expires"], "the invite code has expired")
+    try:
+        proof = unb32(op.get("proof", ""))
+    except ValueError:
+        raise Refused("the invite proof is malformed") from None
+    require(verify(unb32(op["invite"]), proof, invite_message(state.id, member)),
+            "the invite proof does not hold: forged or for someone else")
+
+
+def _propose(entry, author, state):
+    op = entry.op
+    require(isinstance(op.get("agreement"), str) and 8 <= len(op["agreement"]) <= 64, "agreement id is malformed")
+    require(op.get("kind", "agreement") in AGREEMENT_KINDS, "unknown agreement kind")
+    check_text(op.get("title"), "title", MAX_TITLE)
+    check_text(op.get("text", ""), "text", MAX_TEXT, required=False)
+    check_date(op.get("review_by"), "review_by")
+    entitled = op.get("entitled")
+    require(isinstance(entitled, list) and entitled, "an agreement lists who may respond")
+    for member in entitled:
+        check_member_id(member)
+    if op.get("kind") == "removal":
+        subject = check_member_id(op.get("subject"), "member to remove")
+        require(subject not in entitled, "the member concerned cannot respond to their own removal")
+
+
+def _agreement(state, op):
+    agreement = state.agreements.get(op.get("agreement"))
+    if agreement is None:
+        raise Pending("the agreement this refers to has not arrived")
+    return agreement
+
+
+def _revise(entry, author, state):
+    agreement = _agreement(state, entry.op)
+    require(not agreement.retired, "the agreement is retired")
+    check_text(entry.op.get("title"), "title", MAX_TITLE)
+    check_text(entry.op.get("text", ""), "text", MAX_TEXT, required=False)
+    check_date(entry.op.get("review_by"), "review_by")
+
+
+def _respond(entry, author, state):
+    op = entry.op
+    agreement = _agreement(state, op)
+    require(op.get("response") in RESPONSES, "response must be consent, object or stand_aside")
+    require(author in agreement.entitled, "you are not among the members entitled to respond to this agreement")
+    reason = check_text(op.get("reason", ""), "reason", MAX_REASON, required=False)
+    require(op["response"] != "object" or reason, "an objection needs a reason")
+    if op.get("version") not in agreement.versions:
+        raise Pending("the version this responds to has not arrived")
+
+
+def _retire(entry, author, state):
+    _agreement(state, entry.op)
+
+
+def _add(entry, author, state):
+    check_member_id(entry.op.get("member"))
+
+
+def _commit(entry, author, state):
+    op = entry.op
+    require(isinstance(op.get("commitment"), str) and 8 <= len(op["commitment"]) <= 64, "commitment id is malformed")
+    check_text(op.get("what"), "what", MAX_TITLE * 5)
+    check_date(op.get("due"), "due")
+    check_member_id(op.get("by"), "by")
+    if op["by"] not in state.members:
+        raise Pending("the member this commitment is by has not joined the crew yet")
+
+
+def _status(entry, author, state):
+    op = entry.op
+    commitment = state.commitments.get(op.get("commitment"))
+    if commitment is None:
+        raise Pending("the commitment this refers to has not arrived")
+    require(op.get("status") in COMMITMENT_STATUSES, "status must be open, done or released")
+
+
+OPS = {
+    ("*", "name"): _name,
+    ("*", "meta"): _meta,
+    ("*", "propose"): _propose,
+    ("*", "revise"): _revise,
+    ("*", "respond"): _respond,
+    ("*", "retire"): _retire,
+    ("congregation", "invite"): _invite,
+    ("congregation", "admit"): _admit,
+    ("crew", "add"): _add,
+    ("crew", "commit"): _commit,
+    ("crew", "status"): _status,
+}

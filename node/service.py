@@ -1,0 +1,460 @@
+"""What a member can do on their node: every action writes one signed entry.
+
+A `Service` is single-threaded (SQLite connection and pycrdt documents stay on one thread);
+`worker.NodeThread` runs it on its own thread for the web app and the sync listener.
+"""
+import datetime as dt
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pycrdt import Doc, Map
+
+from . import views
+from .docstate import DocState
+from .entries import build_entry
+from .errors import Conflict, Forbidden, Invalid, NotFound
+from .identity import load_or_create_identity, raw_public
+from .ids import b32, new_id, now_ms
+from .ledger import Ledger
+from .rules import (MAX_NAME, MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_date, check_member_id,
+                    check_text, invite_message)
+from .store import Store
+
+INVITE_DAYS = 7
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"   # no 0/O, 1/I/L: read aloud without doubt
+
+
+def normalize_code(code: str) -> str:
+    """An invite code as typed by a person: case, spaces and dashes do not matter."""
+    return re.sub(r"[^A-Z0-9]", "", str(code).upper())
+
+
+def invite_key(code: str) -> Ed25519PrivateKey:
+    """The signing key an invite code stands for; knowing the code is holding the key."""
+    seed = hashlib.sha256(b"crewnode-invite-v1:" + normalize_code(code).encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def new_invite_code() -> str:
+    """A 12-character code in three groups, about 59 bits: short enough to read aloud."""
+    chars = "".join(CODE_ALPHABET[b % len(CODE_ALPHABET)] for b in os.urandom(12))
+    return f"{chars[:4]}-{chars[4:8]}-{chars[8:]}"
+
+
+class Service:
+    """One member's node: identity, store, documents and the actions on them."""
+
+    def __init__(self, home: Path, name: str | None = None):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)
+        self.identity = load_or_create_identity(self.home)
+        self.store = Store(self.home / "crewnode.db")
+        self.ledger = Ledger(self.store)
+        self.sync_port: int | None = None
+        self.revision = 0
+        self.listeners: list = []
+        if name:
+            self.set_name(name)
+        elif not self.store.get("name"):
+            self.store.put("name", "")
+
+    @property
+    def me(self) -> str:
+        return self.identity.person_id
+
+    @property
+    def states(self) -> dict[str, DocState]:
+        return self.ledger.states
+
+    def close(self) -> None:
+        """Snapshot every document and close the store."""
+        self.ledger.snapshot()
+        self.store.close()
+
+    def changed(self, entries) -> None:
+        """Tell listeners (live page, sync push) that entries were accepted."""
+        if not entries:
+            return
+        self.revision += 1
+        for listener in list(self.listeners):
+            listener(entries)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write(self, doc: str, op: dict, content: dict | None = None) -> "object":
+        """Sign and store one entry of mine in `doc`; `content` sets keys of the shared meta map."""
+        state = self.states[doc]
+        seq, prev = self.ledger.heads.get((doc, self.identity.device_id), (0, ""))
+        body = b""
+        if content:
+            before = state.ydoc.get_state()
+            with state.ydoc.transaction():
+                for key, value in content.items():
+                    state.meta[key] = value
+            body = state.ydoc.get_update(before)
+        entry = build_entry(self.identity, doc, seq + 1, prev, now_ms(), op, body, with_cert=seq == 0)
+        try:
+            self.ledger.append(entry)
+        except Refused as exc:
+            raise Invalid(str(exc)) from None
+        self.changed([entry])
+        return entry
+
+    def _genesis(self, op: dict, content: dict) -> str:
+        scratch = Doc()
+        meta = scratch.get("meta", type=Map)
+        with scratch.transaction():
+            for key, value in content.items():
+                meta[key] = value
+        op = {**op, "nonce": new_id(), "name": self.my_name() or None}
+        entry = build_entry(self.identity, "", 1, "", now_ms(), op, scratch.get_update(), with_cert=True)
+        try:
+            self.ledger.append(entry)
+        except Refused as exc:
+            raise Invalid(str(exc)) from None
+        self.changed([entry])
+        return entry.hash
+
+    # -- me --------------------------------------------------------------------------------
+
+    def my_name(self) -> str:
+        return self.store.get("name", "") or ""
+
+    def me_view(self) -> dict:
+        """GET /api/me."""
+        return {"id": self.me, "name": self.my_name(), "device": self.identity.device_id,
+                "sync_port": self.sync_port}
+
+    def set_name(self, name) -> dict:
+        """Rename me here and in every congregation I belong to."""
+        name = _valid(check_text, name, "name", MAX_NAME)
+        self.store.put("name", name)
+        for state in list(self.states.values()):
+            if state.type == "congregation" and self._is_active(state) and state.names.get(self.me, (0, ""))[1] != name:
+                self._write(state.id, {"t": "name", "name": name})
+        return self.me_view()
+
+    def _is_active(self, state: DocState, member: str | None = None) -> bool:
+        found = state.members.get(member or self.me)
+        return found is not None and found.status == "active"
+
+    # -- congregations -----------------------------------------------------------------------
+
+    def congregation_state(self, cid: str) -> DocState:
+        """The congregation, if I hold it; else NotFound."""
+        state = self.states.get(cid)
+        if state is None or state.type != "congregation" or self.me not in state.members:
+            raise NotFound(f"no congregation {cid} here")
+        return state
+
+    def crew_state(self, crew_id: str) -> DocState:
+        """The crew, if I am one of its members; else NotFound."""
+        state = self.states.get(crew_id)
+        if state is None or state.type != "crew" or self.me not in state.members:
+            raise NotFound(f"no crew {crew_id} here")
+        return state
+
+    def _writable(self, state: DocState) -> None:
+        if not self._is_active(state):
+            raise Forbidden(f"you are no longer an active member of this {state.type}")
+
+    def list_congregations(self) -> list[dict]:
+        """GET /api/congregations."""
+        out = []
+        for state in self.states.values():
+            if state.type == "congregation" and self.me in state.members:
+                out.append({"id": state.id, "name": state.meta_value("name"), "purpose": state.meta_value("purpose"),
+                            "member_count": len(state.active_members()), "forked_from": state.forked_from,
+                            "my_status": state.members[self.me].status})
+        return sorted(out, key=lambda c: c["name"].lower())
+
+    def create_congregation(self, name, purpose) -> dict:
+        """POST /api/congregations: I found it and am its first member."""
+        name = _valid(check_text, name, "name", MAX_TITLE)
+        purpose = _valid(check_text, purpose if purpose is not None else "", "purpose", MAX_TEXT, required=False)
+        cid = self._genesis({"t": "genesis", "type": "congregation"}, {"name": name, "purpose": purpose})
+        return self.congregation_view(cid)
+
+    def crews_of(self, cid: str) -> list[DocState]:
+        """Crews of a congregation that I am a member of."""
+        return [s for s in self.states.values()
+                if s.type == "crew" and s.congregation == cid and self.me in s.members]
+
+    def congregation_view(self, cid: str) -> dict:
+        """GET /api/congregations/{cid}."""
+        state = self.congregation_state(cid)
+        crews = sorted(self.crews_of(cid), key=lambda c: c.meta_value("name").lower())
+        return {"id": cid, "name": state.meta_value("name"), "purpose": state.meta_value("purpose"),
+                "forked_from": state.forked_from, "members": views.member_list(state),
+                "crews": [views.crew_summary(c) for c in crews],
+                "agreements": views.agreements_view(state),
+                "my_status": state.members[self.me].status}
+
+    def history(self, doc_id: str, limit: int = 500) -> list[dict]:
+        """GET /api/congregations/{cid}/history: entries newest first, with a line each."""
+        state = self.states.get(doc_id)
+        if state is None or self.me not in state.members:
+            raise NotFound(f"no congregation or crew {doc_id} here")
+        names = self.states.get(state.congregation) if state.congregation else state
+        out = []
+        from .entries import decode_entry
+        for author, device, seq, at, raw in self.store.history(doc_id, limit):
+            entry = decode_entry(raw)
+            out.append({"author": author, "author_name": (names or state).name_of(author), "device": device,
+                        "seq": seq, "at": views.iso(at), "summary": summarize(entry, state, names or state)})
+        return out
+
+    # -- invites -------------------------------------------------------------------------------
+
+    def create_invite(self, cid: str, note="") -> dict:
+        """POST /api/congregations/{cid}/invites: a single-use code, valid for a week."""
+        state = self.congregation_state(cid)
+        self._writable(state)
+        note = _valid(check_text, note or "", "note", MAX_REASON, required=False)
+        code = new_invite_code()
+        expires = now_ms() + INVITE_DAYS * 86_400_000
+        key = b32(raw_public(invite_key(code)))
+        self._write(cid, {"t": "invite", "key": key, "expires": expires, "note": note})
+        return {"code": code, "expires": views.iso(expires), "congregation_id": cid}
+
+    def find_invite(self, code: str):
+        """(congregation state, invite key, invite) for a code, or NotFound/Conflict."""
+        key = b32(raw_public(invite_key(code)))
+        for state in self.states.values():
+            invite = state.invites.get(key) if state.type == "congregation" else None
+            if invite is not None:
+                if invite["used_by"] is not None:
+                    raise Conflict("this invite code has already been used")
+                if invite["expires"] < now_ms():
+                    raise Conflict("this invite code has expired; ask for a new one")
+                return state, key, invite
+        raise NotFound("this invite code is not known here: check it, or ask for a new one")
+
+    def admit(self, code: str, member: str, name: str, proof: bytes) -> str:
+        """Admit a newcomer who proved they hold an invite code; returns the congregation id."""
+        state, key, _ = self.find_invite(code)
+        self._writable(state)
+        member = _valid(check_member_id, member)
+        if member in state.members:
+            return state.id
+        from .identity import verify
+        from .ids import unb32
+        if not verify(unb32(key), proof, invite_message(state.id, member)):
+            raise Forbidden("the invite proof does not hold")
+        name = (name or "")[:MAX_NAME] or None
+        self._write(state.id, {"t": "admit", "member": member, "name": name, "invite": key, "proof": b32(proof)})
+        return state.id
+
+    # -- crews -----------------------------------------------------------------------------------
+
+    def create_crew(self, cid: str, name, purpose, members) -> dict:
+        """POST /api/congregations/{cid}/crews: I am always a member."""
+        state = self.congregation_state(cid)
+        self._writable(state)
+        name = _valid(check_text, name, "crew name", MAX_TITLE)
+        purpose = _valid(check_text, purpose if purpose is not None else "", "crew purpose", MAX_TEXT, required=False)
+        if members is None:
+            members = []
+        if not isinstance(members, list):
+            raise Invalid("members must be a list of member ids")
+        chosen = []
+        for member in [self.me, *members]:
+            _valid(check_member_id, member)
+            if not self._is_active(state, member):
+                raise Invalid(f"{member} is not an active member of this congregation")
+            if member not in chosen:
+                chosen.append(member)
+        crew_id = self._genesis({"t": "genesis", "type": "crew", "congregation": cid, "members": chosen},
+                                {"name": name, "purpose": purpose})
+        return self.crew_view(crew_id)
+
+    def crew_view(self, crew_id: str) -> dict:
+        """GET /api/crews/{crew_id}."""
+        crew = self.crew_state(crew_id)
+        return views.crew_view(crew, self.states.get(crew.congregation))
+
+    def add_crew_member(self, crew_id: str, member) -> dict:
+        """POST /api/crews/{crew_id}/members."""
+        crew = self.crew_state(crew_id)
+        self._writable(crew)
+        member = _valid(check_member_id, member, "member_id")
+        congregation = self.states.get(crew.congregation)
+        if congregation is None or not self._is_active(congregation, member):
+            raise Invalid("that member does not belong to this crew's congregation")
+        if member in crew.members:
+            raise Conflict("that member is in this crew already")
+        self._write(crew_id, {"t": "add", "member": member})
+        return self.crew_view(crew_id)
+
+    # -- agreements --------------------------------------------------------------------------------
+
+    def propose(self, doc_id: str, title, text, review_by=None, kind="agreement", subject=None) -> dict:
+        """POST .../agreements: open a consent round among the scope's active members."""
+        state = self.states.get(doc_id)
+        if state is None or self.me not in state.members:
+            raise NotFound(f"no congregation or crew {doc_id} here")
+        self._writable(state)
+        title = _valid(check_text, title, "title", MAX_TITLE)
+        text = _valid(check_text, text if text is not None else "", "text", MAX_TEXT, required=False)
+        review_by = _valid(check_date, review_by, "review_by")
+        entitled = [m for m in state.active_members() if m != subject]
+        aid = new_id()
+        op = {"t": "propose", "agreement": aid, "kind": kind, "title": title, "text": text,
+              "review_by": review_by, "entitled": entitled}
+        if subject:
+            op["subject"] = subject
+        self._write(doc_id, op)
+        return self.agreement_view(aid)
+
+    def find_agreement(self, aid: str):
+        """(state, agreement) for an agreement I can see, else NotFound."""
+        for state in self.states.values():
+            agreement = state.agreements.get(aid)
+            if agreement is not None and self.me in state.members:
+                return state, agreement
+        raise NotFound(f"no agreement {aid} here")
+
+    def agreement_view(self, aid: str) -> dict:
+        """GET /api/agreements/{aid}."""
+        state, agreement = self.find_agreement(aid)
+        names = self.states.get(state.congregation) if state.congregation else state
+        return views.agreement_view(state, agreement, names or state)
+
+    def respond(self, aid: str, response, reason="") -> dict:
+        """POST /api/agreements/{aid}/responses."""
+        state, agreement = self.find_agreement(aid)
+        self._writable(state)
+        if response not in ("consent", "object", "stand_aside"):
+            raise Invalid("response must be consent, object or stand_aside")
+        reason = _valid(check_text, reason or "", "reason", MAX_REASON, required=False)
+        if response == "object" and not reason:
+            raise Invalid("an objection needs a reason: say what would make it work for you")
+        if self.me not in agreement.entitled:
+            raise Forbidden("you are not among the members entitled to respond to this agreement")
+        if agreement.retired:
+            raise Conflict("this agreement is retired")
+        self._write(state.id, {"t": "respond", "agreement": aid, "version": agreement.current.hash,
+                               "response": response, "reason": reason})
+        return self.agreement_view(aid)
+
+    def revise(self, aid: str, title, text, review_by=None) -> dict:
+        """Edit an agreement's text: a new version, and a new consent round."""
+        state, agreement = self.find_agreement(aid)
+        self._writable(state)
+        title = _valid(check_text, title, "title", MAX_TITLE)
+        text = _valid(check_text, text if text is not None else "", "text", MAX_TEXT, required=False)
+        review_by = _valid(check_date, review_by, "review_by")
+        if agreement.retired:
+            raise Conflict("this agreement is retired")
+        self._write(state.id, {"t": "revise", "agreement": aid, "title": title, "text": text, "review_by": review_by})
+        return self.agreement_view(aid)
+
+    def retire(self, aid: str) -> dict:
+        """Retire an agreement: it stays readable but is no longer in force."""
+        state, agreement = self.find_agreement(aid)
+        self._writable(state)
+        if not agreement.retired:
+            self._write(state.id, {"t": "retire", "agreement": aid})
+        return self.agreement_view(aid)
+
+    # -- commitments -------------------------------------------------------------------------------
+
+    def commit(self, crew_id: str, what, due=None, by=None) -> dict:
+        """POST /api/crews/{crew_id}/commitments."""
+        crew = self.crew_state(crew_id)
+        self._writable(crew)
+        what = _valid(check_text, what, "what", MAX_TITLE * 5)
+        due = _valid(check_date, due, "due")
+        by = by or self.me
+        _valid(check_member_id, by, "by")
+        if not self._is_active(crew, by):
+            raise Invalid("a commitment must be by an active member of the crew")
+        cid = new_id()
+        self._write(crew_id, {"t": "commit", "commitment": cid, "what": what, "due": due, "by": by})
+        return self.commitment_view(cid)
+
+    def find_commitment(self, commitment_id: str):
+        """(crew state, commitment) for a commitment in one of my crews, else NotFound."""
+        for state in self.states.values():
+            found = state.commitments.get(commitment_id)
+            if found is not None and state.type == "crew" and self.me in state.members:
+                return state, found
+        raise NotFound(f"no commitment {commitment_id} here")
+
+    def commitment_view(self, commitment_id: str) -> dict:
+        state, commitment = self.find_commitment(commitment_id)
+        return views.commitment_view(commitment, self.states.get(state.congregation) or state)
+
+    def set_commitment_status(self, commitment_id: str, status) -> dict:
+        """PATCH /api/commitments/{id}."""
+        state, commitment = self.find_commitment(commitment_id)
+        self._writable(state)
+        if status not in ("open", "done", "released"):
+            raise Invalid("status must be open, done or released")
+        if commitment.status != status:
+            self._write(state.id, {"t": "status", "commitment": commitment_id, "status": status})
+        return self.commitment_view(commitment_id)
+
+    # -- what is due -------------------------------------------------------------------------------
+
+    def due_view(self) -> dict:
+        """What needs me: my open commitments by due date, proposals awaiting me, reviews due."""
+        today = dt.date.today().isoformat()
+        commitments, waiting, reviews = [], [], []
+        for state in self.states.values():
+            if self.me not in state.members:
+                continue
+            names = self.states.get(state.congregation) or state
+            scope = {"type": state.type, "id": state.id, "name": state.meta_value("name")}
+            for commitment in state.commitments.values():
+                view = views.commitment_view(commitment, names)
+                if view["by"] == self.me and view["status"] == "open":
+                    view["overdue"] = bool(view["due"] and view["due"] < today)
+                    commitments.append({**view, "scope": scope})
+            for agreement in state.agreements.values():
+                status = views.agreement_status(state, agreement)
+                current = agreement.current
+                if status in ("proposed", "objected") and self.me in views.waiting_entitled(state, agreement) \
+                        and agreement.response_of(self.me) is None:
+                    waiting.append({"id": agreement.id, "title": current.title, "status": status, "scope": scope})
+                if status == "agreed" and current.review_by and current.review_by <= today:
+                    reviews.append({"id": agreement.id, "title": current.title, "review_by": current.review_by,
+                                    "scope": scope})
+        commitments.sort(key=lambda c: (c["due"] or "9999-99-99", c["created_at"]))
+        return {"commitments": commitments, "awaiting_response": waiting, "reviews_due": reviews}
+
+
+def _valid(check, *args, **kwargs):
+    """Run a rules check, turning its refusal into a 400 for the API."""
+    try:
+        return check(*args, **kwargs)
+    except Refused as exc:
+        raise Invalid(str(exc)) from None
+
+
+def summarize(entry, state: DocState, names: DocState) -> str:
+    """One line saying what an entry did, for the history."""
+    op = entry.op
+    kind = op["t"]
+    agreement = state.agreements.get(op.get("agreement", ""))
+    title = agreement.current.title if agreement else "an agreement"
+    commitment = state.commitments.get(op.get("commitment", ""))
+    what = commitment.first[1].op["what"] if commitment else "a commitment"
+    return {
+        "genesis": lambda: f"created the {state.type} “{state.meta_value('name')}”",
+        "name": lambda: f"set their name to “{op['name']}”",
+        "meta": lambda: "edited the name or purpose",
+        "invite": lambda: "created an invite",
+        "admit": lambda: f"admitted {names.name_of(op['member'])}",
+        "add": lambda: f"added {names.name_of(op['member'])} to the crew",
+        "propose": lambda: f"proposed “{op['title']}”",
+        "revise": lambda: f"revised “{op['title']}”",
+        "respond": lambda: f"responded {op['response'].replace('_', ' ')} to “{title}”",
+        "retire": lambda: f"retired “{title}”",
+        "commit": lambda: f"committed {names.name_of(op['by'])} to “{op['what']}”",
+        "status": lambda: f"marked “{what}” {op['status']}",
+    }.get(kind, lambda: kind)()

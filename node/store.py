@@ -1,0 +1,161 @@
+"""The node's SQLite file: accepted entries, entries waiting for their dependencies, snapshots.
+
+One connection, used from the node's own thread only. Writes are grouped into one transaction
+per batch (sqlite-utils commits on every call otherwise), and the file is in WAL mode with
+full sync, so an entry is on disk before anyone is told it was written.
+"""
+import json
+from pathlib import Path
+
+import sqlite_utils
+
+from .entries import decode_entry
+
+
+class Store:
+    """Entries and snapshots in `home/crewnode.db`."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite_utils.Database(str(path))
+        # Autocommit outside `atomic()`: Python's implicit transactions would otherwise keep a
+        # lone write uncommitted and turn the next `atomic()` into a savepoint that never commits.
+        self.db.conn.isolation_level = None
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        db = self.db
+        if "entries" not in db.table_names():
+            db["entries"].create({
+                "hash": str, "doc": str, "device": str, "seq": int, "author": str, "at": int,
+                "kind": str, "raw": bytes, "status": str,
+            }, pk="hash")
+            db["entries"].create_index(["doc", "device", "seq"])
+        if "pending" not in db.table_names():
+            db["pending"].create({"hash": str, "doc": str, "raw": bytes, "reason": str, "received": int}, pk="hash")
+            db["pending"].create_index(["doc"])
+        if "snapshots" not in db.table_names():
+            db["snapshots"].create({"doc": str, "upto": int, "state": bytes, "facts": str}, pk="doc")
+        if "kv" not in db.table_names():
+            db["kv"].create({"key": str, "value": str}, pk="key")
+
+    def atomic(self):
+        """One transaction for a batch of writes."""
+        return self.db.atomic()
+
+    def close(self) -> None:
+        """Close the connection (WAL content is checkpointed by SQLite)."""
+        self.db.close()
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def insert_entries(self, rows: list[tuple]) -> None:
+        """Insert accepted entries: (hash, doc, device, seq, author, at, kind, raw)."""
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO entries (hash, doc, device, seq, author, at, kind, raw, status)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted')", rows)
+
+    def has(self, entry_hash: str) -> bool:
+        """True when the entry is accepted here."""
+        return self.db.execute("SELECT 1 FROM entries WHERE hash = ?", [entry_hash]).fetchone() is not None
+
+    def hash_at(self, doc: str, device: str, seq: int) -> str | None:
+        """Hash of the accepted entry at (doc, device, seq), if any."""
+        row = self.db.execute("SELECT hash FROM entries WHERE doc = ? AND device = ? AND seq = ?",
+                              [doc, device, seq]).fetchone()
+        return row[0] if row else None
+
+    def doc_ids(self) -> list[str]:
+        """Every document with accepted entries, genesis-first order of creation."""
+        return [r[0] for r in self.db.execute(
+            "SELECT doc FROM entries WHERE seq = 1 AND hash = doc ORDER BY rowid")]
+
+    def entries_of(self, doc: str, after_rowid: int = 0):
+        """(rowid, author, Entry) of a document's accepted entries, in the order they were stored."""
+        for rowid, author, raw in self.db.execute(
+                "SELECT rowid, author, raw FROM entries WHERE doc = ? AND rowid > ? ORDER BY rowid",
+                [doc, after_rowid]):
+            yield rowid, author, decode_entry(raw)
+
+    def raw_after(self, doc: str, vector: dict[str, int], limit: int | None = None) -> list[bytes]:
+        """Raw entries of `doc` beyond `vector` (device -> highest seq), in log order."""
+        have = self.vector(doc)
+        out: list[bytes] = []
+        for device, top in sorted(have.items()):
+            since = vector.get(device, 0)
+            if top <= since:
+                continue
+            out.extend(r[0] for r in self.db.execute(
+                "SELECT raw FROM entries WHERE doc = ? AND device = ? AND seq > ? ORDER BY seq",
+                [doc, device, since]))
+            if limit is not None and len(out) >= limit:
+                break
+        return out if limit is None else out[:limit]
+
+    def vector(self, doc: str) -> dict[str, int]:
+        """device -> highest accepted seq, for one document."""
+        return dict(self.db.execute(
+            "SELECT device, MAX(seq) FROM entries WHERE doc = ? GROUP BY device", [doc]).fetchall())
+
+    def history(self, doc: str, limit: int = 500) -> list[tuple]:
+        """(author, device, seq, at, raw) newest first."""
+        return self.db.execute(
+            "SELECT author, device, seq, at, raw FROM entries WHERE doc = ? ORDER BY at DESC, rowid DESC LIMIT ?",
+            [doc, limit]).fetchall()
+
+    def heads(self) -> dict[tuple, tuple]:
+        """(doc, device) -> (seq, hash) of each log's newest accepted entry."""
+        rows = self.db.execute(
+            "SELECT e.doc, e.device, e.seq, e.hash FROM entries e JOIN (SELECT doc, device, MAX(seq) AS seq"
+            " FROM entries GROUP BY doc, device) m ON e.doc = m.doc AND e.device = m.device AND e.seq = m.seq")
+        return {(doc, device): (seq, h) for doc, device, seq, h in rows}
+
+    def max_rowid(self) -> int:
+        """The rowid of the newest entry."""
+        return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM entries").fetchone()[0]
+
+    # -- pending ---------------------------------------------------------------------------
+
+    def add_pending(self, rows: list[tuple]) -> None:
+        """Keep entries that wait for their dependencies: (hash, doc, raw, reason, received)."""
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO pending (hash, doc, raw, reason, received) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def drop_pending(self, hashes: list[str]) -> None:
+        """Forget pending entries that were accepted or refused."""
+        self.db.conn.executemany("DELETE FROM pending WHERE hash = ?", [(h,) for h in hashes])
+
+    def pending_raw(self, docs=None) -> list[bytes]:
+        """Raw pending entries, for all documents or the given ones."""
+        if docs is None:
+            return [r[0] for r in self.db.execute("SELECT raw FROM pending")]
+        out = []
+        for doc in docs:
+            out.extend(r[0] for r in self.db.execute("SELECT raw FROM pending WHERE doc = ?", [doc]))
+        return out
+
+    def pending_count(self) -> int:
+        """How many entries wait."""
+        return self.db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
+
+    # -- snapshots and settings ------------------------------------------------------------
+
+    def save_snapshot(self, doc: str, upto: int, state: bytes) -> None:
+        """Keep a document's pycrdt state as of entry rowid `upto`, so start-up skips replay."""
+        self.db.execute("INSERT OR REPLACE INTO snapshots (doc, upto, state, facts) VALUES (?, ?, ?, '')",
+                        [doc, upto, state])
+
+    def snapshot(self, doc: str) -> tuple[int, bytes] | None:
+        """(upto, state) of a document's snapshot, if any."""
+        row = self.db.execute("SELECT upto, state FROM snapshots WHERE doc = ?", [doc]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def get(self, key: str, default=None):
+        """A setting, JSON-decoded."""
+        row = self.db.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def put(self, key: str, value) -> None:
+        """Store a setting as JSON."""
+        self.db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", [key, json.dumps(value)])

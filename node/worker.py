@@ -1,0 +1,65 @@
+"""Runs a Service on one thread of its own, so the SQLite connection and the pycrdt documents
+never cross threads (pycrdt's Rust objects are unsendable), while Flask and the sync listener
+call in from many threads."""
+import queue
+import threading
+from concurrent.futures import Future
+
+
+class NodeThread:
+    """A Service living on its own thread; `call` runs a function on it and waits."""
+
+    def __init__(self, factory):
+        self._jobs: queue.Queue = queue.Queue()
+        self._changed = threading.Condition()
+        self.revision = 0
+        self._thread = threading.Thread(target=self._run, name="crewnode-node", daemon=True)
+        started: Future = Future()
+        self._thread.start()
+        self._jobs.put((lambda _: factory(), started))
+        self.service = started.result()
+        self.call(lambda s: s.listeners.append(self._on_change))
+
+    def _run(self) -> None:
+        service = None
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(service)
+                if service is None:
+                    service = result
+                future.set_result(result)
+            except BaseException as exc:          # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+    def call(self, fn, *args, **kwargs):
+        """Run `fn(service, *args, **kwargs)` on the node thread and return its result."""
+        if threading.current_thread() is self._thread:
+            return fn(self.service, *args, **kwargs)
+        future: Future = Future()
+        self._jobs.put((lambda s: fn(s, *args, **kwargs), future))
+        return future.result()
+
+    def _on_change(self, entries) -> None:
+        with self._changed:
+            self.revision += 1
+            self._changed.notify_all()
+
+    def wait_for_change(self, since: int, timeout: float) -> int:
+        """Block until the revision passes `since` or `timeout` runs out; returns the revision."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.revision > since, timeout)
+            return self.revision
+
+    def stop(self) -> None:
+        """Close the service (snapshots written) and end the thread."""
+        try:
+            self.call(lambda s: s.close())
+        finally:
+            self._jobs.put(None)
+            self._thread.join(timeout=10)
