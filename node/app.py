@@ -11,11 +11,12 @@ from .errors import NodeError
 MAX_REQUEST = 1024 * 1024
 
 
-def create_app(node_thread, token: str) -> Flask:
-    """An app serving `node_thread`'s Service; it must be bound to 127.0.0.1 only."""
+def create_app(node_thread, token: str, sync_engine=None) -> Flask:
+    """An app serving `node_thread`'s Service (and peers through `sync_engine`); bind it to 127.0.0.1 only."""
     app = Flask(__name__, template_folder=str(WEB_DIR / "templates"), static_folder=str(WEB_DIR / "static"))
     app.config.update(
         NODE=node_thread,
+        SYNC=sync_engine,
         TOKEN=token,
         MAX_CONTENT_LENGTH=MAX_REQUEST,
         TRUSTED_HOSTS=["127.0.0.1", "localhost"],   # a DNS-rebinding page arrives with its own Host
@@ -23,6 +24,9 @@ def create_app(node_thread, token: str) -> Flask:
     )
     app.json.sort_keys = False
     app.register_blueprint(api)
+    if sync_engine is not None:
+        from .sync_api import sync_api
+        app.register_blueprint(sync_api)
     from .pages import pages
     app.register_blueprint(pages)
 

@@ -62,8 +62,12 @@ class Ledger:
 
     # -- accepting ---------------------------------------------------------------------------
 
-    def ingest(self, raws: list[bytes]) -> IngestResult:
-        """Check and store a batch of received entries; retry what waited on them."""
+    def ingest(self, raws: list[bytes], allowed_docs=None) -> IngestResult:
+        """Check and store a batch of received entries; retry what waited on them.
+
+        With `allowed_docs`, entries of any other document are refused: a peer may only send
+        what was asked of it.
+        """
         result = IngestResult()
         fresh = {}
         for raw in raws:
@@ -71,6 +75,9 @@ class Ledger:
                 entry = decode_entry(raw)
             except EntryError as exc:
                 result.refused.append((None, str(exc)))
+                continue
+            if allowed_docs is not None and entry.doc not in allowed_docs:
+                result.refused.append((entry.hash, "this document was not part of the exchange"))
                 continue
             if entry.hash in fresh or self.store.has(entry.hash):
                 result.known += 1

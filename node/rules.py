@@ -68,9 +68,12 @@ def check_member_id(value, what: str = "member id") -> str:
     return value
 
 
-def invite_message(doc_id: str, member_id: str) -> bytes:
-    """What a newcomer signs with the invite's key to prove they hold the code."""
-    return JOIN_CONTEXT + doc_id.encode() + b":" + member_id.encode()
+def invite_message(invite_key: str, member_id: str) -> bytes:
+    """What a newcomer signs with the invite's key to prove they hold the code.
+
+    It names the newcomer, so a proof overheard on the way cannot admit anyone else.
+    """
+    return JOIN_CONTEXT + invite_key.encode() + b":" + member_id.encode()
 
 
 def check_genesis(entry) -> None:
@@ -126,7 +129,7 @@ def _admit(entry, author, state):
         proof = unb32(op.get("proof", ""))
     except ValueError:
         raise Refused("the invite proof is malformed") from None
-    require(verify(unb32(op["invite"]), proof, invite_message(state.id, member)),
+    require(verify(unb32(op["invite"]), proof, invite_message(op["invite"], member)),
             "the invite proof does not hold: forged or for someone else")
 
 

@@ -1,8 +1,10 @@
-"""A running node: the Service on its thread, the local app, and (later) sync and discovery.
+"""A running node: the Service on its thread, the local app, sync and discovery.
 
 This is where node core, sync and Flask are composed; node core itself knows nothing of them.
 """
 from pathlib import Path
+
+from sync.engine import SyncEngine
 
 from . import security
 from .app import create_app
@@ -18,11 +20,14 @@ class Runtime:
         self.home = Path(home)
         self.node = NodeThread(lambda: Service(self.home, name=name))
         self.token = security.load_or_create_token(self.home)
-        self.app = create_app(self.node, self.token)
-        self.sync_port = sync_port
+        self.sync = SyncEngine(self.node, sync_host, sync_port)
+        self.sync.start()
+        self.sync_port = self.sync.port
+        self.app = create_app(self.node, self.token, self.sync)
         me = self.node.call(Service.me_view)
         self.member_id, self.name = me["id"], me["name"]
 
     def stop(self) -> None:
         """Stop everything; the store is closed last, after snapshots."""
+        self.sync.stop()
         self.node.stop()

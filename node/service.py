@@ -16,8 +16,8 @@ from . import views
 from .docstate import DocState
 from .entries import build_entry
 from .errors import Conflict, Forbidden, Invalid, NotFound
-from .identity import load_or_create_identity, raw_public
-from .ids import b32, new_id, now_ms
+from .identity import load_or_create_identity, raw_public, verify
+from .ids import b32, new_id, now_ms, unb32
 from .ledger import Ledger
 from .rules import (MAX_NAME, MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_date, check_member_id,
                     check_text, invite_message)
@@ -221,9 +221,8 @@ class Service:
         self._write(cid, {"t": "invite", "key": key, "expires": expires, "note": note})
         return {"code": code, "expires": views.iso(expires), "congregation_id": cid}
 
-    def find_invite(self, code: str):
-        """(congregation state, invite key, invite) for a code, or NotFound/Conflict."""
-        key = b32(raw_public(invite_key(code)))
+    def find_invite(self, key: str):
+        """(congregation state, invite) for an invite key, or a clear refusal."""
         for state in self.states.values():
             invite = state.invites.get(key) if state.type == "congregation" else None
             if invite is not None:
@@ -231,23 +230,29 @@ class Service:
                     raise Conflict("this invite code has already been used")
                 if invite["expires"] < now_ms():
                     raise Conflict("this invite code has expired; ask for a new one")
-                return state, key, invite
+                return state, invite
         raise NotFound("this invite code is not known here: check it, or ask for a new one")
 
-    def admit(self, code: str, member: str, name: str, proof: bytes) -> str:
-        """Admit a newcomer who proved they hold an invite code; returns the congregation id."""
-        state, key, _ = self.find_invite(code)
+    def admit(self, key: str, member: str, name: str, proof: bytes) -> str:
+        """Admit a newcomer who proved they hold the invite code for `key`; returns the congregation id."""
+        state, _ = self.find_invite(key)
         self._writable(state)
         member = _valid(check_member_id, member)
         if member in state.members:
             return state.id
-        from .identity import verify
-        from .ids import unb32
-        if not verify(unb32(key), proof, invite_message(state.id, member)):
-            raise Forbidden("the invite proof does not hold")
+        if not verify(unb32(key), proof, invite_message(key, member)):
+            raise Forbidden("the invite proof does not hold: the code is wrong or forged")
         name = (name or "")[:MAX_NAME] or None
         self._write(state.id, {"t": "admit", "member": member, "name": name, "invite": key, "proof": b32(proof)})
         return state.id
+
+    def join_proof(self, code: str) -> tuple[str, bytes]:
+        """(invite key, proof) that I hold an invite code: the code itself never leaves my node."""
+        if len(normalize_code(code)) < 8:
+            raise Invalid("an invite code has 12 letters and digits, like ABCD-EFGH-JKLM")
+        secret = invite_key(code)
+        key = b32(raw_public(secret))
+        return key, secret.sign(invite_message(key, self.me))
 
     # -- crews -----------------------------------------------------------------------------------
 

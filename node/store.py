@@ -93,6 +93,21 @@ class Store:
                 break
         return out if limit is None else out[:limit]
 
+    def missing(self, doc: str, vector: dict[str, int], limit: int) -> list[bytes]:
+        """Up to `limit` raw entries of `doc` beyond `vector`, in the order they were accepted here.
+
+        Acceptance order is causal order (every entry was accepted after what it depends on),
+        so a peer can accept a batch in this order without waiting.
+        """
+        conn = self.db.conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS peer_vector (device TEXT PRIMARY KEY, seq INTEGER)")
+        conn.execute("DELETE FROM peer_vector")
+        conn.executemany("INSERT OR REPLACE INTO peer_vector VALUES (?, ?)", list(vector.items()))
+        rows = conn.execute(
+            "SELECT e.raw FROM entries e LEFT JOIN peer_vector v ON v.device = e.device"
+            " WHERE e.doc = ? AND e.seq > COALESCE(v.seq, 0) ORDER BY e.rowid LIMIT ?", [doc, limit])
+        return [r[0] for r in rows]
+
     def vector(self, doc: str) -> dict[str, int]:
         """device -> highest accepted seq, for one document."""
         return dict(self.db.execute(

@@ -1,0 +1,290 @@
+"""Sync between this node and its peers: the listener, on-demand exchanges, and joining.
+
+The engine drives `sync.protocol` over `sync.transport`; everything that touches documents runs
+on the node thread through `NodeThread.call`.
+"""
+import json
+import logging
+import threading
+import time
+
+from node.errors import Invalid, NodeError
+from node.identity import IdentityError, check_device_cert
+from node.ids import b32, now_ms, unb32
+
+from . import protocol
+from .protocol import ProtocolError, pack, unpack
+from .transport import SyncClient, SyncServer, TransportError
+
+log = logging.getLogger(__name__)
+JOIN_RETRY_S = 5.0
+
+
+def verify_peer(device_public: bytes, cert_blob: bytes) -> str:
+    """The member id a peer's device certificate names, if it is valid for that device."""
+    try:
+        cert = json.loads(cert_blob)
+        person, device = check_device_cert(cert)
+    except (ValueError, IdentityError) as exc:
+        raise ValueError(f"device certificate does not hold: {exc}") from None
+    if unb32(device) != device_public:
+        raise ValueError("device certificate is for another device")
+    return person
+
+
+class PeerBook:
+    """Peers met, kept in the store so the list survives a restart (node thread only)."""
+
+    KEY = "peers"
+
+    @staticmethod
+    def note(service, member: str, address: str | None, source: str, synced: bool) -> None:
+        """Record that we met `member` at `address`."""
+        peers = service.store.get(PeerBook.KEY, {})
+        peer = peers.get(member, {"id": member, "address": address, "source": source, "last_sync": None})
+        if address:
+            peer["address"] = address
+        if source == "lan" or not peer.get("source"):
+            peer["source"] = source
+        if synced:
+            peer["last_sync"] = now_ms()
+        peers[member] = peer
+        service.store.put(PeerBook.KEY, peers)
+
+    @staticmethod
+    def view(service) -> list[dict]:
+        """GET /api/peers: peers with the name I know them by."""
+        from node.views import iso
+        out = []
+        for peer in service.store.get(PeerBook.KEY, {}).values():
+            name = None
+            for state in service.states.values():
+                if peer["id"] in state.names:
+                    name = state.name_of(peer["id"])
+                    break
+            out.append({**peer, "name": name,
+                        "last_sync": iso(peer["last_sync"]) if peer.get("last_sync") else None})
+        return sorted(out, key=lambda p: p.get("last_sync") or "", reverse=True)
+
+
+class SyncEngine:
+    """The sync listener and the client side of exchanges and joins."""
+
+    def __init__(self, node, host: str = "0.0.0.0", port: int = 8471):
+        self.node = node
+        self.identity = node.call(lambda s: s.identity)
+        self.server = SyncServer(host, port, self.identity.device_key, self.identity.cert_blob,
+                                 verify_peer, self.handle)
+        self._peer_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._stop = threading.Event()
+        self._retry_thread = threading.Thread(target=self._retry_loop, name="crewnode-join-retry", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def start(self) -> None:
+        """Start listening for peers."""
+        self.server.start()
+        self.node.call(lambda s: setattr(s, "sync_port", self.server.port))
+        self._retry_thread.start()
+
+    def stop(self) -> None:
+        """Stop listening; exchanges under way end with their connections."""
+        self._stop.set()
+        self.server.stop()
+
+    # -- the server side ------------------------------------------------------------------------
+
+    def handle(self, peer, name: str, body: bytes):
+        """Answer one request of an authenticated peer: (status, body)."""
+        try:
+            if name == "join":
+                reply = self.node.call(_admit, peer.member_id, unpack(body)[0])
+            else:
+                reply = self.node.call(protocol.serve, peer.member_id, name, body)
+            self.node.call(PeerBook.note, peer.member_id, None, "manual", name != "join")
+            return 200, reply
+        except ProtocolError as exc:
+            return 400, _error(str(exc))
+        except NodeError as exc:
+            return exc.status, _error(exc.message)
+
+    # -- the client side --------------------------------------------------------------------------
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._peer_locks.setdefault(key, threading.Lock())
+
+    def connect(self, address: str) -> SyncClient:
+        """An authenticated connection to the node at host:port."""
+        client = SyncClient(address, self.identity.device_key, self.identity.cert_blob, verify_peer)
+        client.connect()
+        return client
+
+    def sync_with(self, address: str, source: str = "manual") -> dict:
+        """One full exchange with the node at `address`: {"received": n, "sent": n}."""
+        address = check_address(address)
+        with self._lock_for(address):
+            client = self._connect_or_explain(address)
+            try:
+                return self._exchange(client, address, source)
+            finally:
+                client.close()
+
+    def _connect_or_explain(self, address: str) -> SyncClient:
+        try:
+            return self.connect(address)
+        except (TransportError, OSError) as exc:
+            raise Unreachable(f"could not reach a crewnode at {address}: {exc}") from None
+
+    def _exchange(self, client: SyncClient, address: str, source: str) -> dict:
+        peer_member = client.peer_member_id
+        received, sent = protocol.run_exchange(self.node.call, peer_member,
+                                               lambda name, body: self._call(client, name, body))
+        self.node.call(PeerBook.note, peer_member, address, source, True)
+        return {"received": received, "sent": sent, "peer": peer_member}
+
+    def _call(self, client: SyncClient, name: str, body: bytes) -> bytes:
+        try:
+            return client.call(name, body)
+        except TransportError as exc:
+            raise Unreachable(f"the peer refused {name}: {exc}") from None
+
+    # -- joining -------------------------------------------------------------------------------------
+
+    def join(self, code: str, address: str | None = None) -> dict:
+        """POST /api/join: remember the code's proof, and try `address` at once when given."""
+        key, proof = self.node.call(lambda s: s.join_proof(code))
+        if address:
+            address = check_address(address)
+        self.node.call(_note_join, key, proof, address)
+        if address:
+            try:
+                self._try_join(key, address)
+            except Unreachable as exc:
+                log.info("join: %s; will retry", exc)
+        return self.node.call(_join_status, key)
+
+    def _try_join(self, key: str, address: str) -> None:
+        """Present the proof to the node at `address`; on admission, fetch the congregation."""
+        joins = self.node.call(lambda s: s.store.get("joins", {}))
+        pending = joins.get(key)
+        if pending is None or pending["status"] == "joined":
+            return
+        with self._lock_for(address):
+            client = self._connect_or_explain(address)
+            try:
+                name = self.node.call(lambda s: s.my_name())
+                meta = {"invite": key, "name": name, "proof": pending["proof"]}
+                try:
+                    reply = client.call("join", pack(meta))
+                except TransportError as exc:
+                    if exc.status in (403, 404, 409):
+                        self.node.call(_fail_join, key, str(exc.message if hasattr(exc, "message") else exc))
+                        raise JoinRefused(exc.status, getattr(exc, "message", str(exc))) from None
+                    raise Unreachable(f"the peer could not take the invite: {exc}") from None
+                cid = unpack(reply)[0]["congregation_id"]
+                self._exchange(client, address, "manual")
+            finally:
+                client.close()
+        self.node.call(_finish_join, key, cid)
+
+    def retry_joins(self, addresses=None) -> None:
+        """Try pending joins again, at their own address or at the given peers'."""
+        joins = self.node.call(lambda s: s.store.get("joins", {}))
+        for key, join in joins.items():
+            if join["status"] != "pending":
+                continue
+            for address in ([join["address"]] if join.get("address") else []) + list(addresses or []):
+                try:
+                    self._try_join(key, address)
+                    break
+                except (Unreachable, JoinRefused, Invalid) as exc:
+                    log.info("join retry at %s: %s", address, exc)
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(JOIN_RETRY_S):
+            try:
+                self.retry_joins()
+            except Exception:                          # noqa: BLE001 - keep retrying
+                log.exception("join retry failed")
+
+    def peers(self) -> list[dict]:
+        """GET /api/peers."""
+        return self.node.call(PeerBook.view)
+
+
+class Unreachable(NodeError):
+    """The peer could not be reached or broke off; nothing was lost."""
+
+    status = 409
+
+
+class JoinRefused(NodeError):
+    """The inviter's node said no to the code."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def check_address(address) -> str:
+    """A peer address `host:port`, or a 400."""
+    if not isinstance(address, str) or ":" not in address:
+        raise Invalid("address must look like host:port, e.g. 192.168.1.20:8471")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid("address must look like host:port, e.g. 192.168.1.20:8471")
+    return address
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+# -- node-thread functions ------------------------------------------------------------------------
+
+def _admit(service, peer_member: str, meta: dict) -> bytes:
+    key, proof = meta.get("invite"), meta.get("proof")
+    if not isinstance(key, str) or not isinstance(proof, str):
+        raise ProtocolError("a join names an invite and carries a proof")
+    try:
+        proof_bytes = unb32(proof)
+    except ValueError:
+        raise ProtocolError("the invite proof is malformed") from None
+    cid = service.admit(key, peer_member, meta.get("name") or "", proof_bytes)
+    return pack({"congregation_id": cid})
+
+
+def _note_join(service, key: str, proof: bytes, address: str | None) -> None:
+    joins = service.store.get("joins", {})
+    known = joins.get(key)
+    if known and known["status"] == "joined":
+        return
+    joins[key] = {"status": "pending", "proof": b32(proof), "address": address, "congregation_id": None,
+                  "error": None, "since": now_ms()}
+    service.store.put("joins", joins)
+
+
+def _fail_join(service, key: str, message: str) -> None:
+    joins = service.store.get("joins", {})
+    if key in joins:
+        joins[key].update(status="refused", error=message)
+        service.store.put("joins", joins)
+
+
+def _finish_join(service, key: str, cid: str) -> None:
+    joins = service.store.get("joins", {})
+    if key in joins:
+        joins[key].update(status="joined", congregation_id=cid, error=None)
+        service.store.put("joins", joins)
+    service.changed(["joined"])
+
+
+def _join_status(service, key: str) -> dict:
+    join = service.store.get("joins", {}).get(key, {})
+    if join.get("status") == "refused":
+        raise JoinRefused(409, join.get("error") or "the invite was refused")
+    return {"congregation_id": join.get("congregation_id"), "status": join.get("status", "pending")}

@@ -1,0 +1,195 @@
+"""The sync protocol, free of any transport: what two nodes say to each other.
+
+One exchange: the client offers a version vector (device -> highest seq) for each document
+the server's member may see; the server answers with entries the client lacks (in the order
+the server accepted them, so they apply without waiting) and its own vectors, so the client
+can push back what the server lacks. Both sides send a document's entries only to a member of
+that document: privacy follows membership. Runs until nothing is left to send.
+
+Functions taking `service` run on the node thread (worker.NodeThread.call).
+"""
+import json
+import struct
+
+from node.ids import unb32
+
+MAX_ROUNDS = 10_000
+
+BATCH_ENTRIES = 5_000
+BATCH_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE = 16 * 1024 * 1024
+MAX_DOCS = 10_000
+MAX_DEVICES = 20_000
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol."""
+
+
+# -- messages: a JSON part and a run of raw entries --------------------------------------------
+
+def pack(meta: dict, entries: list[bytes] = ()) -> bytes:
+    """One message: u32 JSON length, JSON, then each entry as u32 length + bytes."""
+    head = json.dumps(meta, separators=(",", ":")).encode()
+    parts = [struct.pack(">I", len(head)), head]
+    for raw in entries:
+        parts.append(struct.pack(">I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def unpack(data: bytes) -> tuple[dict, list[bytes]]:
+    """Split a message; raises ProtocolError on anything malformed, truncated or too large."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) < 4:
+        raise ProtocolError("message is truncated")
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError("message is too large")
+    (hlen,) = struct.unpack_from(">I", data, 0)
+    if 4 + hlen > len(data):
+        raise ProtocolError("message is truncated")
+    try:
+        meta = json.loads(data[4:4 + hlen])
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("message header is not JSON") from None
+    if not isinstance(meta, dict):
+        raise ProtocolError("message header must be a JSON object")
+    entries, at = [], 4 + hlen
+    while at < len(data):
+        if at + 4 > len(data):
+            raise ProtocolError("message is truncated")
+        (n,) = struct.unpack_from(">I", data, at)
+        if at + 4 + n > len(data):
+            raise ProtocolError("message is truncated")
+        entries.append(bytes(data[at + 4:at + 4 + n]))
+        at += 4 + n
+        if len(entries) > BATCH_ENTRIES:
+            raise ProtocolError(f"message carries more than {BATCH_ENTRIES} entries")
+    return meta, entries
+
+
+def check_vectors(value) -> dict[str, dict[str, int]]:
+    """A {doc: {device: seq}} map from a peer, shape-checked."""
+    if not isinstance(value, dict) or len(value) > MAX_DOCS:
+        raise ProtocolError("vectors must be a map of documents")
+    out = {}
+    for doc, vector in value.items():
+        if not (isinstance(doc, str) and len(doc) == 64) or not isinstance(vector, dict) or len(vector) > MAX_DEVICES:
+            raise ProtocolError("a document vector is malformed")
+        for device, seq in vector.items():
+            if not isinstance(device, str) or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+                raise ProtocolError("a version vector entry is malformed")
+            try:
+                unb32(device)
+            except ValueError:
+                raise ProtocolError("a version vector names a malformed device") from None
+        out[doc] = vector
+    return out
+
+
+# -- what each side computes --------------------------------------------------------------------
+
+def shared_docs(service, peer_member: str) -> list[str]:
+    """Documents I hold that `peer_member` may see: those they are an active member of."""
+    out = []
+    for doc, state in service.states.items():
+        member = state.members.get(peer_member)
+        if member is not None and member.status == "active":
+            out.append(doc)
+    return out
+
+
+def vectors(service, docs) -> dict[str, dict[str, int]]:
+    """My version vectors for `docs` (empty for a document I do not hold)."""
+    return {doc: dict(service.states[doc].vector) if doc in service.states else {} for doc in docs}
+
+
+def offer(service, peer_member: str) -> dict:
+    """The client's opening: my vectors for everything the peer may see."""
+    return {"have": vectors(service, shared_docs(service, peer_member))}
+
+
+def missing_for(service, peer_member: str, have: dict, limit: int = BATCH_ENTRIES) -> tuple[list[bytes], bool]:
+    """Entries the peer lacks, only of documents they may see; (entries, more left)."""
+    out: list[bytes] = []
+    size = 0
+    for doc in shared_docs(service, peer_member):
+        if len(out) >= limit or size >= BATCH_BYTES:
+            return out, True
+        vector = have.get(doc, {})
+        if vector == service.states[doc].vector:
+            continue
+        batch = service.store.missing(doc, vector, limit - len(out) + 1)
+        for raw in batch:
+            if len(out) >= limit or size + len(raw) > BATCH_BYTES:
+                return out, True
+            out.append(raw)
+            size += len(raw)
+    return out, False
+
+
+def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
+    """The server's answer to an exchange: what the client lacks, and my vectors."""
+    have = check_vectors(meta.get("have", {}))
+    entries, more = missing_for(service, peer_member, have)
+    # Receiving is safe from anyone (every entry is checked on its own signature and author), so
+    # the client may push any document it offered, even one whose news has not reached me yet
+    # that it is a member (it may be carrying its own admission).
+    want = vectors(service, list(have))
+    return pack({"more": more, "want": want}, entries)
+
+
+def take_entries(service, entries: list[bytes], allowed_docs=None):
+    """Ingest entries from a peer and tell listeners; returns the IngestResult."""
+    result = service.ledger.ingest(entries, allowed_docs)
+    service.changed(result.accepted)
+    return result
+
+
+def receive_push(service, peer_member: str, meta: dict, entries: list[bytes]) -> bytes:
+    """The server's side of a push: take entries of the documents it was offered."""
+    docs = meta.get("docs", [])
+    if not isinstance(docs, list) or len(docs) > MAX_DOCS:
+        raise ProtocolError("docs must be a list of document ids")
+    allowed = {d for d in docs if isinstance(d, str)}
+    result = take_entries(service, entries, allowed)
+    return pack({"accepted": len(result.accepted), "pending": result.pending,
+                 "refused": [reason for _, reason in result.refused][:20],
+                 "want": vectors(service, sorted(allowed))})
+
+
+def serve(service, peer_member: str, name: str, body: bytes) -> bytes:
+    """Answer one protocol call of an authenticated peer (on the node thread)."""
+    meta, entries = unpack(body)
+    if name == "exchange":
+        return answer_exchange(service, peer_member, meta)
+    if name == "push":
+        return receive_push(service, peer_member, meta, entries)
+    raise ProtocolError(f"no such sync call: {name}")
+
+
+def run_exchange(run, peer_member: str, remote) -> tuple[int, int]:
+    """The client's side of one full exchange; returns (received, sent).
+
+    `run(fn, *args)` calls `fn(service, *args)` on my node; `remote(name, body) -> bytes` asks
+    the peer. Over HTTPS these are NodeThread.call and SyncClient.call; in a simulation, plain
+    function calls, so many nodes can be driven in one process.
+    """
+    received = sent = 0
+    want: dict = {}
+    for _ in range(MAX_ROUNDS):
+        reply_meta, entries = unpack(remote("exchange", pack(run(offer, peer_member))))
+        result = run(take_entries, entries)
+        received += len(result.accepted)
+        want = check_vectors(reply_meta.get("want", {}))
+        if not reply_meta.get("more") or not result.accepted:
+            break
+    for _ in range(MAX_ROUNDS):
+        entries, more = run(missing_for, peer_member, want)
+        if not entries:
+            break
+        reply_meta, _ = unpack(remote("push", pack({"docs": sorted(want)}, entries)))
+        sent += int(reply_meta.get("accepted", 0))
+        want = check_vectors(reply_meta.get("want", {}))
+        if not more or not reply_meta.get("accepted"):
+            break
+    return received, sent
