@@ -106,7 +106,7 @@ def decode_entry(raw: bytes) -> Entry:
     sig = raw[8 + hlen + blen:]
     try:
         header = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:   # deep nesting: RecursionError
         raise EntryError("entry header is not JSON") from exc
     _check_header(header)
     digest = hashlib.sha256(raw[:-64]).hexdigest()
