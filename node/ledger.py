@@ -127,10 +127,12 @@ class Ledger:
                     reasons[entry.hash] = str(exc)
                     still.append(entry)
                     continue
-                except Refused as exc:
+                except (Refused, TypeError, KeyError, AttributeError) as exc:
                     if strict:
                         raise
-                    result.refused.append((entry.hash, str(exc)))
+                    # a rule tripping over a malformed field of a received entry is a refusal too
+                    reason = str(exc) if isinstance(exc, Refused) else f"malformed operation ({exc!r})"
+                    result.refused.append((entry.hash, reason))
                     reasons.pop(entry.hash, None)
                     continue
                 if author is None:                         # already held

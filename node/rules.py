@@ -83,10 +83,19 @@ def check_genesis(entry) -> None:
     require(op.get("type") in ("congregation", "crew"), "unknown document type")
     if op["type"] == "crew":
         require(isinstance(op.get("congregation"), str), "a crew names its congregation")
-        members = op.get("members")
-        require(isinstance(members, list) and len(members) <= 500, "a crew lists its members")
-        for member in members:
-            check_member_id(member)
+        require("members" in op, "a crew lists its members")
+    members = op.get("members", [])
+    require(isinstance(members, list) and len(members) <= 500, "members must be a list of member ids")
+    for member in members:
+        check_member_id(member)
+    check_text(op.get("name") or "", "name", MAX_NAME, required=False)
+
+
+def _ref(op, key: str, what: str) -> str:
+    """An id field that points at another fact; anything but text is refused (not a dict key)."""
+    value = op.get(key)
+    require(isinstance(value, str), f"{what} id is malformed")
+    return value
 
 
 def check_op(entry, author: str, state) -> None:
@@ -121,7 +130,8 @@ def _invite(entry, author, state):
 def _admit(entry, author, state):
     op = entry.op
     member = check_member_id(op.get("member"))
-    invite = state.invites.get(op.get("invite"))
+    check_text(op.get("name") or "", "name", MAX_NAME, required=False)
+    invite = state.invites.get(_ref(op, "invite", "invite"))
     if invite is None:
         raise Pending("the invite this admission uses has not arrived")
     require(entry.at <= invite["expires"], "the invite code has expired")
@@ -150,7 +160,7 @@ def _propose(entry, author, state):
 
 
 def _agreement(state, op):
-    agreement = state.agreements.get(op.get("agreement"))
+    agreement = state.agreements.get(_ref(op, "agreement", "agreement"))
     if agreement is None:
         raise Pending("the agreement this refers to has not arrived")
     return agreement
@@ -171,7 +181,7 @@ def _respond(entry, author, state):
     require(author in agreement.entitled, "you are not among the members entitled to respond to this agreement")
     reason = check_text(op.get("reason", ""), "reason", MAX_REASON, required=False)
     require(op["response"] != "object" or reason, "an objection needs a reason")
-    if op.get("version") not in agreement.versions:
+    if _ref(op, "version", "version") not in agreement.versions:
         raise Pending("the version this responds to has not arrived")
 
 
@@ -195,7 +205,7 @@ def _commit(entry, author, state):
 
 def _status(entry, author, state):
     op = entry.op
-    commitment = state.commitments.get(op.get("commitment"))
+    commitment = state.commitments.get(_ref(op, "commitment", "commitment"))
     if commitment is None:
         raise Pending("the commitment this refers to has not arrived")
     require(op.get("status") in COMMITMENT_STATUSES, "status must be open, done or released")
