@@ -62,11 +62,11 @@ class Ledger:
 
     # -- accepting ---------------------------------------------------------------------------
 
-    def ingest(self, raws: list[bytes], allowed_docs=None) -> IngestResult:
+    def ingest(self, raws: list[bytes], allowed_docs=None, retry_docs=()) -> IngestResult:
         """Check and store a batch of received entries; retry what waited on them.
 
         With `allowed_docs`, entries of any other document are refused: a peer may only send
-        what was asked of it.
+        what was asked of it. Entries waiting in the documents of `retry_docs` are retried too.
         """
         result = IngestResult()
         fresh = {}
@@ -87,7 +87,7 @@ class Ledger:
         for h in [h for h, ok in signed.items() if not ok]:
             result.refused.append((h, "signature does not hold"))
             del fresh[h]
-        docs = {e.doc for e in fresh.values()}
+        docs = {e.doc for e in fresh.values()} | set(retry_docs)
         waiting = {}
         for raw in self.store.pending_raw(docs):
             entry = decode_entry(raw)
@@ -108,6 +108,8 @@ class Ledger:
         if not accepted:
             raise Refused(next(iter(reasons.values()), "the entry was not accepted"))
         self._commit(accepted, {}, {}, set())
+        if self.store.pending_raw([entry.doc]):          # some may have waited for this one (an admission)
+            self.ingest([], retry_docs=[entry.doc])
 
     def _settle(self, candidates: dict, result: IngestResult, strict: bool = False):
         """Accept what can be accepted, repeating while acceptance unlocks more."""
