@@ -54,6 +54,8 @@ class Service:
         self.identity = load_or_create_identity(self.home)
         self.store = Store(self.home / "crewnode.db")
         self.ledger = Ledger(self.store)
+        self._last_at = self.store.db.execute(
+            "SELECT COALESCE(MAX(at), 0) FROM entries WHERE device = ?", [self.identity.device_id]).fetchone()[0]
         self.sync_port: int | None = None
         self.revision = 0
         self.listeners: list = []
@@ -96,13 +98,20 @@ class Service:
                 for key, value in content.items():
                     state.meta[key] = value
             body = state.ydoc.get_update(before)
-        entry = build_entry(self.identity, doc, seq + 1, prev, now_ms(), op, body, with_cert=seq == 0)
+        entry = build_entry(self.identity, doc, seq + 1, prev, self._clock(), op, body, with_cert=seq == 0)
         try:
             self.ledger.append(entry)
         except Refused as exc:
             raise Invalid(str(exc)) from None
         self.changed([entry])
         return entry
+
+    def _clock(self) -> int:
+        """The time of my next entry: later than my previous one, even within one millisecond or
+        after the wall clock stepped back, so my own successive changes count in the order made
+        ("latest wins" settles facts by entry time)."""
+        self._last_at = max(now_ms(), self._last_at + 1)
+        return self._last_at
 
     def _genesis(self, op: dict, content: dict) -> str:
         scratch = Doc()
@@ -111,7 +120,7 @@ class Service:
             for key, value in content.items():
                 meta[key] = value
         op = {**op, "nonce": new_id(), "name": self.my_name() or None}
-        entry = build_entry(self.identity, "", 1, "", now_ms(), op, scratch.get_update(), with_cert=True)
+        entry = build_entry(self.identity, "", 1, "", self._clock(), op, scratch.get_update(), with_cert=True)
         try:
             self.ledger.append(entry)
         except Refused as exc:
