@@ -8,6 +8,7 @@ whatever order entries arrived in. So no rule may depend on which of two entries
 (say, two proposals reusing one id): those are settled when state is read, by a fixed order.
 """
 import datetime as dt
+import re
 
 from .identity import verify
 from .ids import unb32
@@ -49,12 +50,13 @@ def check_date(value, what: str) -> str | None:
     """An optional ISO date (YYYY-MM-DD); returns it or None."""
     if value in (None, ""):
         return None
-    require(isinstance(value, str), f"{what} must be an ISO date like 2026-12-31")
+    # fromisoformat alone also takes week and ordinal dates (2026-W01-1), which sort wrongly as text
+    require(isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value),
+            f"{what} must be an ISO date like 2026-12-31")
     try:
         dt.date.fromisoformat(value)
     except ValueError:
         raise Refused(f"{what} must be an ISO date like 2026-12-31") from None
-    require(len(value) == 10, f"{what} must be an ISO date like 2026-12-31")
     return value
 
 
