@@ -169,8 +169,9 @@ def _agreement(state, op):
 
 
 def _revise(entry, author, state):
-    agreement = _agreement(state, entry.op)
-    require(not agreement.retired, "the agreement is retired")
+    # no check of `retired` here: a revision made before its author saw the retirement must count
+    # on every node, whichever of the two arrived first (the Service refuses to revise a retired one)
+    _agreement(state, entry.op)
     check_text(entry.op.get("title"), "title", MAX_TITLE)
     check_text(entry.op.get("text", ""), "text", MAX_TEXT, required=False)
     check_date(entry.op.get("review_by"), "review_by")
