@@ -1,0 +1,171 @@
+"""Crews, their members and commitments; unknown ids; dates (Service level)."""
+from types import SimpleNamespace
+
+import pytest
+
+from factories import Member, admit, congregation, sync_all
+from node import rules
+from node.errors import Conflict, Invalid, NotFound
+
+
+@pytest.fixture
+def world(tmp_path):
+    (ada, bea, cy), cid = congregation(tmp_path)
+    yield SimpleNamespace(ada=ada, bea=bea, cy=cy, all=(ada, bea, cy), cid=cid, tmp=tmp_path)
+    for svc in (ada, bea, cy):
+        svc.close()
+
+
+def test_congregation_view_fields(world):
+    view = world.ada.congregation_view(world.cid)
+    assert {"id", "name", "purpose", "forked_from", "members", "crews", "agreements"} <= set(view)
+    assert view["name"] == "Riverside" and view["forked_from"] is None
+    assert view["members"] == [{"id": s.me, "name": s.my_name(), "status": "active"} for s in world.all]
+    listed = world.cy.list_congregations()
+    assert [(c["id"], c["member_count"]) for c in listed] == [(world.cid, 3)]
+    assert {"id", "name", "purpose", "member_count", "forked_from"} <= set(listed[0])
+
+
+def test_crew_members_must_be_congregation_members(world):
+    crew = world.ada.create_crew(world.cid, "Kitchen", "meals together", [world.bea.me])
+    assert crew["members"] == [world.ada.me, world.bea.me]     # I am always a member, listed first
+    assert crew["congregation_id"] == world.cid and crew["name"] == "Kitchen"
+    assert crew["purpose"] == "meals together" and crew["agreements"] == [] and crew["commitments"] == []
+    stranger = Member("Eve")
+    docs = len(world.ada.states)
+    for members in ([stranger.id], ["not an id"], [world.bea.me, 7], "bea", {"a": 1}):
+        with pytest.raises(Invalid):
+            world.ada.create_crew(world.cid, "Garden", "", members)
+    for name in ("", "  ", None, 5, "x" * 201):
+        with pytest.raises(Invalid):
+            world.ada.create_crew(world.cid, name, "", [])
+    assert len(world.ada.states) == docs
+    with pytest.raises(NotFound):
+        world.ada.create_crew("no-such-congregation", "Garden", "", [])
+
+
+def test_adding_crew_members(world):
+    crew_id = world.ada.create_crew(world.cid, "Kitchen", "", [])["id"]
+    assert world.ada.add_crew_member(crew_id, world.cy.me)["members"] == [world.ada.me, world.cy.me]
+    with pytest.raises(Conflict):
+        world.ada.add_crew_member(crew_id, world.cy.me)
+    rows = world.ada.store.max_rowid()
+    for bad in (Member("Eve").id, "nobody", None, 3):
+        with pytest.raises(Invalid):
+            world.ada.add_crew_member(crew_id, bad)
+    assert world.ada.store.max_rowid() == rows
+    with pytest.raises(NotFound):
+        world.ada.add_crew_member("no-such-crew", world.bea.me)
+    sync_all(*world.all)
+    assert world.cy.crew_view(crew_id)["members"] == [world.ada.me, world.cy.me]
+    with pytest.raises(NotFound):                              # Bea holds the entries but is no member
+        world.bea.crew_view(crew_id)
+    assert crew_id not in [c["id"] for c in world.bea.congregation_view(world.cid)["crews"]]
+    assert crew_id in [c["id"] for c in world.cy.congregation_view(world.cid)["crews"]]
+
+
+def test_more_than_eight_members_gives_a_warning(world):
+    others = [Member(f"M{i}") for i in range(6)]
+    for m in others:
+        admit(world.ada, world.cid, m.id, m.name)
+    eight = [world.bea.me, world.cy.me] + [m.id for m in others[:5]]
+    crew = world.ada.create_crew(world.cid, "Big table", "", eight)
+    assert len(crew["members"]) == 8 and "warning" not in crew
+    ninth = world.ada.add_crew_member(crew["id"], others[5].id)
+    assert len(ninth["members"]) == 9 and "9 members" in ninth["warning"]
+    nine_at_once = world.ada.create_crew(world.cid, "Bigger table", "", eight + [others[5].id])
+    assert "warning" in nine_at_once
+
+
+def test_commitments_open_done_released(world):
+    crew_id = world.ada.create_crew(world.cid, "Kitchen", "", [world.bea.me])["id"]
+    mine = world.ada.commit(crew_id, "Buy rice", "2026-12-31")
+    assert {"id", "what", "by", "due", "status", "created_at"} <= set(mine)
+    assert (mine["what"], mine["by"], mine["due"], mine["status"]) == ("Buy rice", world.ada.me, "2026-12-31", "open")
+    hers = world.ada.commit(crew_id, "Cook on Friday", None, world.bea.me)
+    assert hers["by"] == world.bea.me and hers["due"] is None
+    assert world.ada.set_commitment_status(mine["id"], "done")["status"] == "done"
+    assert world.ada.set_commitment_status(mine["id"], "released")["status"] == "released"
+    assert world.ada.set_commitment_status(mine["id"], "open")["status"] == "open"
+    sync_all(*world.all)
+    assert world.bea.set_commitment_status(hers["id"], "done")["status"] == "done"
+    sync_all(*world.all)
+    statuses = {c["id"]: c["status"] for c in world.ada.crew_view(crew_id)["commitments"]}
+    assert statuses == {mine["id"]: "open", hers["id"]: "done"}
+
+
+def test_quick_successive_status_changes_keep_the_last(world):
+    """Changes a member makes one after another count in that order, even within one millisecond."""
+    crew_id = world.ada.create_crew(world.cid, "Kitchen", "", [])["id"]
+    one = world.ada.commit(crew_id, "Task")["id"]
+    wrong = 0
+    for _ in range(60):                                     # a write takes well under a millisecond
+        world.ada.set_commitment_status(one, "done")
+        world.ada.set_commitment_status(one, "open")
+        wrong += world.ada.commitment_view(one)["status"] != "open"
+    assert wrong == 0
+    world.ada.set_name("Ada 1")
+    world.ada.set_name("Ada 2")
+    world.ada.set_name("Ada 3")
+    assert world.ada.congregation_view(world.cid)["members"][0]["name"] == "Ada 3"
+
+
+def test_commitment_checks(world):
+    crew_id = world.ada.create_crew(world.cid, "Kitchen", "", [world.bea.me])["id"]
+    rows = world.ada.store.max_rowid()
+    bad = [("", None, None), ("  ", None, None), (None, None, None), (5, None, None),
+           ("ok", "tomorrow", None), ("ok", "2026-13-01", None), ("ok", "2026-1-1", None), ("ok", 20261231, None),
+           ("ok", "2026-W01-1", None), ("ok", "20261231", None),
+           ("ok", None, world.cy.me),                       # in the congregation, not in the crew
+           ("ok", None, "nobody"), ("ok", None, 5)]
+    for what, due, by in bad:
+        with pytest.raises(Invalid):
+            world.ada.commit(crew_id, what, due, by)
+    one = world.ada.commit(crew_id, "ok")
+    rows = world.ada.store.max_rowid()
+    for status in ("finished", "", None, 1, ["done"]):
+        with pytest.raises(Invalid):
+            world.ada.set_commitment_status(one["id"], status)
+    assert world.ada.store.max_rowid() == rows
+    with pytest.raises(NotFound):
+        world.ada.commit("no-such-crew", "ok")
+
+
+def test_unknown_ids_are_not_found(world):
+    svc = world.ada
+    for call in (lambda: svc.congregation_view("nope"), lambda: svc.crew_view("nope"),
+                 lambda: svc.agreement_view("nope"), lambda: svc.respond("nope", "consent"),
+                 lambda: svc.set_commitment_status("nope", "done"), lambda: svc.commitment_view("nope"),
+                 lambda: svc.history("nope"), lambda: svc.crew_view(world.cid),
+                 lambda: svc.congregation_view("ab" * 32), lambda: svc.retire("nope"),
+                 lambda: svc.revise("nope", "t", "")):
+        with pytest.raises(NotFound):
+            call()
+    crew_id = svc.create_crew(world.cid, "Kitchen", "", [])["id"]
+    with pytest.raises(NotFound):
+        svc.congregation_view(crew_id)                          # a crew is not a congregation
+
+
+def test_history_lists_entries_newest_first(world):
+    crew_id = world.ada.create_crew(world.cid, "Kitchen", "", [])["id"]
+    world.ada.propose(world.cid, "Quiet after ten", "")
+    history = world.ada.history(world.cid)
+    assert {"author", "device", "seq", "at", "summary"} <= set(history[0])
+    assert history[0]["summary"] == "proposed “Quiet after ten”" and history[0]["author"] == world.ada.me
+    assert history[-1]["summary"].startswith("created the congregation")
+    seqs = [h["seq"] for h in history if h["device"] == world.ada.identity.device_id]
+    assert seqs == sorted(seqs, reverse=True)
+    assert world.ada.history(crew_id)[0]["summary"].startswith("created the crew")
+
+
+@pytest.mark.parametrize("value", ["2026-W01-1", "2026-001", "20261231", "2026-02-30", "2026-1-1", "26-01-01",
+                                   "2026-01-01T00:00", " 2026-01-01", "2026-01-0١", 20260101, ["2026-01-01"]])
+def test_dates_must_be_yyyy_mm_dd(value):
+    with pytest.raises(rules.Refused):
+        rules.check_date(value, "due")
+
+
+def test_dates_that_are_fine():
+    assert rules.check_date("2026-12-31", "due") == "2026-12-31"
+    assert rules.check_date("2028-02-29", "due") == "2028-02-29"
+    assert rules.check_date(None, "due") is None and rules.check_date("", "due") is None

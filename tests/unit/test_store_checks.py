@@ -1,0 +1,380 @@
+"""The accept pipeline (Ledger.ingest): what a node does with entries other nodes send it.
+
+Ada runs a real Service; Mo is a member without a node (entries built by hand) and Eve a
+stranger. Every refusal test also checks that the node's state and store did not change, and
+most end by showing the untouched entry is accepted, so a refusal is the check at work and not
+a broken fixture.
+"""
+import os
+from types import SimpleNamespace
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from factories import Member, admit, propose_op, service
+from node.entries import MAX_BODY, MAX_ENTRY, build_entry
+from node.identity import Identity, make_device_cert, new_device, raw_public
+from node.service import Service
+
+
+@pytest.fixture
+def world(tmp_path):
+    ada = service(tmp_path, "Ada")
+    cid = ada.create_congregation("Riverside", "neighbours")["id"]
+    mo = Member("Mo")
+    admit(ada, cid, mo.id, "Mo")
+    world = SimpleNamespace(ada=ada, cid=cid, mo=mo, tmp=tmp_path)
+    yield world
+    world.ada.close()
+
+
+def fingerprint(svc: Service, cid: str) -> dict:
+    """Everything a refused entry must leave as it was."""
+    return {"view": svc.congregation_view(cid), "vector": svc.store.vector(cid),
+            "rows": svc.store.max_rowid(), "pending": svc.store.pending_count(),
+            "heads": dict(svc.ledger.heads), "count": svc.states[cid].count}
+
+
+def refused_reasons(result) -> list[str]:
+    return [r for _, r in result.refused]
+
+
+def test_member_entry_is_accepted(world):
+    """The control case: Mo's well-formed entry is accepted and shows in the state."""
+    op = propose_op(world.ada.states[world.cid].active_members(), title="Bikes in the hall")
+    entry = world.mo.write(world.cid, op)
+    result = world.ada.ledger.ingest([entry.raw])
+    assert result.as_dict() == {"accepted": 1, "pending": 0, "known": 0, "refused": []}
+    assert world.ada.store.has(entry.hash)
+    assert world.ada.agreement_view(op["agreement"])["proposed_by"] == world.mo.id
+
+
+def test_forged_signature_is_refused(world):
+    entry = world.mo.write(world.cid, {"t": "name", "name": "Mo Jones"})
+    before = fingerprint(world.ada, world.cid)
+    for forged in (entry.raw[:-64] + bytes(64),
+                   entry.raw[:-1] + bytes([entry.raw[-1] ^ 1]),
+                   entry.raw[:-64] + new_device(Ed25519PrivateKey.generate()).sign(b"x")):
+        result = world.ada.ledger.ingest([forged])
+        assert result.accepted == [] and refused_reasons(result) == ["signature does not hold"]
+    assert fingerprint(world.ada, world.cid) == before
+    assert len(world.ada.ledger.ingest([entry.raw]).accepted) == 1
+
+
+def test_changed_content_breaks_the_signature(world):
+    entry = world.mo.write(world.cid, {"t": "name", "name": "Mo Jones"})
+    tampered = entry.raw.replace(b"Mo Jones", b"Mo Smith")
+    assert tampered != entry.raw
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([tampered])
+    assert result.accepted == [] and len(result.refused) == 1
+    assert fingerprint(world.ada, world.cid) == before
+
+
+def test_broken_chain_is_refused(world):
+    first = world.mo.write(world.cid, {"t": "name", "name": "Mo 1"})
+    assert len(world.ada.ledger.ingest([first.raw]).accepted) == 1
+    before = fingerprint(world.ada, world.cid)
+    wrong = world.mo.write(world.cid, {"t": "name", "name": "Mo 2"}, prev="cd" * 32)
+    result = world.ada.ledger.ingest([wrong.raw])
+    assert result.accepted == [] and "broken hash chain" in refused_reasons(result)[0]
+    assert fingerprint(world.ada, world.cid) == before
+    right = world.mo.write(world.cid, {"t": "name", "name": "Mo 2"}, seq=2, prev=first.hash)
+    assert len(world.ada.ledger.ingest([right.raw]).accepted) == 1
+
+
+def test_second_entry_at_a_held_seq_is_refused_as_a_fork(world):
+    first = world.mo.write(world.cid, {"t": "name", "name": "Mo 1"})
+    world.ada.ledger.ingest([first.raw])
+    before = fingerprint(world.ada, world.cid)
+    other = world.mo.write(world.cid, {"t": "name", "name": "Mo one"}, seq=1, prev="")
+    result = world.ada.ledger.ingest([other.raw])
+    assert result.accepted == [] and "forked log" in refused_reasons(result)[0]
+    assert fingerprint(world.ada, world.cid) == before
+
+
+def test_certificate_signed_by_another_person_is_refused(world):
+    """Eve certifies her device in Mo's name with her own key: the certificate does not hold."""
+    eve = Member("Eve")
+    forged = {**make_device_cert(eve.person_key, raw_public(eve.identity.device_key)), "person": world.mo.id}
+    impostor = Identity(world.mo.id, eve.identity.device_key, forged)
+    entry = build_entry(impostor, world.cid, 1, "", 1, {"t": "name", "name": "Mo (really Eve)"}, with_cert=True)
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([entry.raw])
+    assert result.accepted == [] and "signature" in refused_reasons(result)[0]
+    assert fingerprint(world.ada, world.cid) == before
+    assert world.ada.store.pending_count() == 0
+
+
+def test_certificate_for_another_device_is_refused(world):
+    """Eve presents Mo's real certificate on an entry signed by her own device."""
+    eve_device = new_device(Ed25519PrivateKey.generate())
+    impostor = Identity(world.mo.id, eve_device.device_key, world.mo.identity.cert)
+    entry = build_entry(impostor, world.cid, 1, "", 1, {"t": "name", "name": "Mo (really Eve)"}, with_cert=True)
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([entry.raw])
+    assert result.accepted == [] and "another device" in refused_reasons(result)[0]
+    assert fingerprint(world.ada, world.cid) == before
+
+
+def test_entry_signed_by_another_device_under_a_real_certificate_is_refused(world):
+    """Eve writes an entry naming Mo's device and certificate, signed with her key."""
+    eve_device = new_device(Ed25519PrivateKey.generate())
+
+    class Masked(Identity):
+        @property
+        def device_id(self):
+            return world.mo.identity.device_id
+
+    masked = Masked(world.mo.id, eve_device.device_key, world.mo.identity.cert)
+    entry = build_entry(masked, world.cid, 1, "", 1, {"t": "name", "name": "Mo (really Eve)"}, with_cert=True)
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([entry.raw])
+    assert result.accepted == [] and refused_reasons(result) == ["signature does not hold"]
+    assert fingerprint(world.ada, world.cid) == before
+
+
+def test_non_member_entry_waits_and_changes_nothing(world):
+    eve = Member("Eve")
+    op = propose_op([eve.id], title="Eve runs everything")
+    entries = [eve.write(world.cid, op), eve.write(world.cid, {"t": "name", "name": "Queen Eve"})]
+    view_before = world.ada.congregation_view(world.cid)
+    rows_before = world.ada.store.max_rowid()
+    result = world.ada.ledger.ingest([e.raw for e in entries])
+    assert result.accepted == [] and result.pending == 2 and result.refused == []
+    assert world.ada.store.pending_count() == 2
+    assert not any(world.ada.store.has(e.hash) for e in entries)
+    assert world.ada.congregation_view(world.cid) == view_before
+    assert world.ada.store.max_rowid() == rows_before
+    # more traffic in the document retries them; they still wait
+    world.ada.ledger.ingest([world.mo.write(world.cid, {"t": "name", "name": "Mo"}).raw])
+    assert world.ada.store.pending_count() == 2
+    assert eve.id not in world.ada.states[world.cid].members
+    with pytest.raises(Exception):
+        world.ada.agreement_view(op["agreement"])
+
+
+def test_entry_for_an_unknown_document_waits(world):
+    entry = world.mo.write("ef" * 32, {"t": "name", "name": "Mo"})
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([entry.raw])
+    assert result.accepted == [] and result.pending == 1
+    assert "ef" * 32 not in world.ada.states
+    assert {k: v for k, v in fingerprint(world.ada, world.cid).items() if k != "pending"} == \
+        {k: v for k, v in before.items() if k != "pending"}
+
+
+def test_entry_against_the_rules_is_refused(world):
+    mo = world.mo
+    before = fingerprint(world.ada, world.cid)
+    bad_ops = [
+        {"t": "no-such-op"},
+        {"t": "name", "name": ""},
+        {"t": "name", "name": 5},
+        {"t": "add", "member": mo.id},                      # a crew operation, not a congregation one
+        propose_op([mo.id], title=""),
+        propose_op([], title="Nobody may respond"),
+        propose_op([mo.id], review_by="next week"),
+        propose_op(["not-a-member-id"]),
+        {"t": "invite", "key": "short", "expires": 1},
+    ]
+    for op in bad_ops:
+        entry = mo.write(world.cid, op)
+        result = world.ada.ledger.ingest([entry.raw])
+        assert result.accepted == [] and len(result.refused) == 1, (op, result.as_dict())
+        mo.heads.pop(world.cid)                              # the refused entry never joined Mo's log here
+    assert fingerprint(world.ada, world.cid) == before
+
+
+@pytest.mark.parametrize("op", [
+    {"t": "retire", "agreement": ["a list"]},
+    {"t": "revise", "agreement": {"a": 1}, "title": "x"},
+    {"t": "respond", "agreement": [1], "response": "consent"},
+    {"t": "admit", "member": Member().id, "invite": ["k"], "proof": ""},
+    {"t": "admit", "member": Member().id, "name": {"n": 1}, "invite": "k", "proof": ""},
+    {"t": "invite", "key": ["k"], "expires": 1},
+    {"t": "name", "name": ["Mo"]},
+    {"t": "propose", "agreement": ["x" * 10], "title": "t", "entitled": []},
+], ids=["retire", "revise", "respond", "admit", "admit-name", "invite", "name", "propose"])
+def test_wrongly_typed_operation_fields_are_refused_not_raised(world, op):
+    """A hostile member's entry with lists where ids belong must be refused, not crash ingest."""
+    entry = world.mo.write(world.cid, op)
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([entry.raw])
+    assert result.accepted == [] and len(result.refused) == 1
+    assert fingerprint(world.ada, world.cid) == before
+
+
+def test_wrongly_typed_response_version_is_refused(world):
+    op = propose_op(world.ada.states[world.cid].active_members())
+    world.ada.ledger.ingest([world.mo.write(world.cid, op).raw])
+    entry = world.mo.write(world.cid, {"t": "respond", "agreement": op["agreement"], "response": "consent",
+                                       "version": ["v"]})
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([entry.raw])
+    assert result.accepted == [] and len(result.refused) == 1
+    assert fingerprint(world.ada, world.cid) == before
+
+
+def test_wrongly_typed_genesis_fields_are_refused(world):
+    eve = Member("Eve")
+    for op in ({"t": "genesis", "type": "congregation", "members": "abcdef"},
+               {"t": "genesis", "type": "congregation", "members": 5},
+               {"t": "genesis", "type": "congregation", "name": ["Eve"]},
+               {"t": "genesis", "type": "crew", "congregation": world.cid, "members": [5]},
+               {"t": "genesis", "type": "guild"}):
+        entry = eve.write("", op)
+        result = world.ada.ledger.ingest([entry.raw])
+        assert result.accepted == [] and len(result.refused) == 1, (op, result.as_dict())
+        assert entry.hash not in world.ada.states
+        eve.heads.clear()
+
+
+@pytest.mark.parametrize("kind", ["cut-end", "cut-half", "cut-header", "extra-byte"])
+def test_truncated_entry_is_refused(world, kind):
+    raw = world.mo.write(world.cid, {"t": "name", "name": "Mo"}).raw
+    bad = {"cut-end": raw[:-1], "cut-half": raw[:len(raw) // 2], "cut-header": raw[:6],
+           "extra-byte": raw + b"\0"}[kind]
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([bad])
+    assert result.accepted == [] and result.refused and result.refused[0][0] is None
+    assert fingerprint(world.ada, world.cid) == before
+    assert len(world.ada.ledger.ingest([raw]).accepted) == 1
+
+
+def test_oversized_entries_are_refused(world):
+    before = fingerprint(world.ada, world.cid)
+    huge_body = world.mo.write(world.cid, {"t": "name", "name": "Mo"}, body=b"\0" * (MAX_BODY + 1))
+    world.mo.heads.pop(world.cid)
+    huge_op = world.mo.write(world.cid, {"t": "name", "name": "Mo", "pad": "x" * 70_000})
+    world.mo.heads.pop(world.cid)
+    result = world.ada.ledger.ingest([huge_body.raw, huge_op.raw, b"\0" * (MAX_ENTRY + 1)])
+    assert result.accepted == [] and len(result.refused) == 3
+    assert fingerprint(world.ada, world.cid) == before
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\0", os.urandom(71), os.urandom(72), os.urandom(5000),
+                                     b"\0\0\0\x02{}\0\0\0\0" + bytes(64), "a string", None, 42])
+def test_garbage_is_refused(world, garbage):
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([garbage])
+    assert result.accepted == [] and len(result.refused) == 1
+    assert fingerprint(world.ada, world.cid) == before
+
+
+def test_garbage_in_a_batch_does_not_spoil_the_good_entries(world):
+    good = world.mo.write(world.cid, {"t": "name", "name": "Mo"})
+    result = world.ada.ledger.ingest([b"junk", good.raw, os.urandom(300)])
+    assert len(result.accepted) == 1 and len(result.refused) == 2
+    assert world.ada.store.has(good.hash)
+
+
+def test_replayed_entry_is_known_and_changes_nothing(world):
+    entry = world.mo.write(world.cid, {"t": "name", "name": "Mo Jones"})
+    assert len(world.ada.ledger.ingest([entry.raw]).accepted) == 1
+    before = fingerprint(world.ada, world.cid)
+    result = world.ada.ledger.ingest([entry.raw])
+    assert result.as_dict() == {"accepted": 0, "pending": 0, "known": 1, "refused": []}
+    own = world.ada.store.raw_after(world.cid, {})
+    result = world.ada.ledger.ingest(own)
+    assert result.known == len(own) and result.accepted == [] and result.refused == []
+    assert fingerprint(world.ada, world.cid) == before
+
+
+def test_same_entry_twice_in_one_batch_is_accepted_once(world):
+    entry = world.mo.write(world.cid, {"t": "name", "name": "Mo Jones"})
+    before_count = world.ada.states[world.cid].count
+    result = world.ada.ledger.ingest([entry.raw, entry.raw])
+    assert len(result.accepted) == 1 and result.known == 1
+    assert world.ada.states[world.cid].count == before_count + 1
+
+
+def test_gap_in_seq_waits_until_the_missing_entry_arrives(world):
+    mo, ada, cid = world.mo, world.ada, world.cid
+    names = [mo.write(cid, {"t": "name", "name": f"Mo {i}"}) for i in (1, 2, 3, 4)]
+    result = ada.ledger.ingest([names[0].raw, names[2].raw, names[3].raw])
+    assert len(result.accepted) == 1 and result.pending == 2
+    assert ada.store.vector(cid)[mo.identity.device_id] == 1
+    assert ada.states[cid].name_of(mo.id) == "Mo 1"
+    result = ada.ledger.ingest([names[1].raw])
+    assert len(result.accepted) == 3 and ada.store.pending_count() == 0
+    assert ada.store.vector(cid)[mo.identity.device_id] == 4
+    assert ada.states[cid].name_of(mo.id) == "Mo 4"
+
+
+def test_pending_entries_survive_a_restart(world):
+    mo, cid = world.mo, world.cid
+    entries = [mo.write(cid, {"t": "name", "name": f"Mo {i}"}) for i in (1, 2, 3)]
+    world.ada.ledger.ingest([entries[0].raw, entries[2].raw])
+    home = world.ada.home
+    world.ada.close()
+    world.ada = again = Service(home)
+    assert again.store.pending_count() == 1
+    result = again.ledger.ingest([entries[1].raw])
+    assert len(result.accepted) == 2
+    assert again.states[cid].name_of(mo.id) == "Mo 3"
+
+
+def test_pending_entry_is_accepted_when_its_author_is_admitted_locally(world):
+    """Entries of a newcomer that arrived before their admission count once Ada admits them."""
+    bo = Member("Bo")
+    early = bo.write(world.cid, {"t": "name", "name": "Bo"})
+    assert world.ada.ledger.ingest([early.raw]).pending == 1
+    admit(world.ada, world.cid, bo.id, "Bo")
+    assert world.ada.store.has(early.hash)
+    assert world.ada.store.pending_count() == 0
+
+
+def test_pending_entry_is_accepted_when_its_dependency_arrives_in_another_batch(world):
+    bo = Member("Bo")
+    early = bo.write(world.cid, {"t": "name", "name": "Bo B"})
+    assert world.ada.ledger.ingest([early.raw]).pending == 1
+    # Mo admits Bo (Mo holds an invite Ada made)
+    from factories import b32, invite_message, invite_key
+    secret = invite_key("ABCD-EFGH-JKMN")
+    key = b32(raw_public(secret))
+    world.ada.ledger.ingest([world.mo.write(world.cid, {"t": "invite", "key": key, "expires": 2 ** 50,
+                                                        "note": ""}).raw])
+    admission = world.mo.write(world.cid, {"t": "admit", "member": bo.id, "name": "Bo", "invite": key,
+                                           "proof": b32(secret.sign(invite_message(key, bo.id)))})
+    result = world.ada.ledger.ingest([admission.raw])
+    assert len(result.accepted) == 2 and world.ada.store.pending_count() == 0
+    assert world.ada.store.has(early.hash) and bo.id in world.ada.states[world.cid].members
+
+
+def test_forged_admission_is_refused(world):
+    bo = Member("Bo")
+    secret = Ed25519PrivateKey.generate()
+    from factories import b32, invite_message
+    key = b32(raw_public(secret))
+    world.ada.ledger.ingest([world.mo.write(world.cid, {"t": "invite", "key": key, "expires": 2 ** 50,
+                                                        "note": ""}).raw])
+    before = fingerprint(world.ada, world.cid)
+    wrong_key = Ed25519PrivateKey.generate()
+    admission = world.mo.write(world.cid, {"t": "admit", "member": bo.id, "name": "Bo", "invite": key,
+                                           "proof": b32(wrong_key.sign(invite_message(key, bo.id)))})
+    result = world.ada.ledger.ingest([admission.raw])
+    assert result.accepted == [] and "proof" in refused_reasons(result)[0]
+    assert fingerprint(world.ada, world.cid) == before
+
+
+@pytest.fixture(scope="module")
+def shared_world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    ada = service(tmp, "Ada")
+    cid = ada.create_congregation("Riverside", "")["id"]
+    mo = Member("Mo")
+    admit(ada, cid, mo.id, "Mo")
+    yield SimpleNamespace(ada=ada, cid=cid, mo=mo)
+    ada.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=4))
+def test_random_bytes_never_break_ingest(shared_world, raws):
+    before = fingerprint(shared_world.ada, shared_world.cid)
+    result = shared_world.ada.ledger.ingest(raws)
+    assert result.accepted == [] and len(result.refused) == len(raws)
+    assert fingerprint(shared_world.ada, shared_world.cid) == before
