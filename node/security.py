@@ -9,6 +9,7 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlencode
 
 from flask import Request, abort, current_app, redirect, request
 
@@ -28,6 +29,11 @@ def load_or_create_token(home: Path) -> str:
     return token
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of text; any text (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
 def session_value(token: str) -> str:
     """The cookie value standing for the token (the token itself never sits in a cookie)."""
     return hmac.new(token.encode(), b"crewnode-session-v1", hashlib.sha256).hexdigest()
@@ -37,10 +43,10 @@ def is_authorized(req: Request) -> bool:
     """True when the request carries the token or the session cookie."""
     token = current_app.config["TOKEN"]
     header = req.headers.get("Authorization", "")
-    if header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token):
+    if header.startswith("Bearer ") and same_secret(header[7:].strip(), token):
         return True
     cookie = req.cookies.get(COOKIE, "")
-    return bool(cookie) and hmac.compare_digest(cookie, session_value(token))
+    return bool(cookie) and same_secret(cookie, session_value(token))
 
 
 def cross_site_reason(req: Request) -> str | None:
@@ -61,10 +67,10 @@ def token_login():
     given = request.args.get("token")
     if given is None:
         return None
-    if not hmac.compare_digest(given, current_app.config["TOKEN"]):
+    if not same_secret(given, current_app.config["TOKEN"]):
         abort(401, "that token is not this node's token; run `crewnode token` to see it")
-    args = {k: v for k, v in request.args.items() if k != "token"}
-    target = request.path + ("?" + "&".join(f"{k}={v}" for k, v in args.items()) if args else "")
+    args = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
+    target = request.path + ("?" + urlencode(args) if args else "")
     response = redirect(target, code=303)
     response.set_cookie(COOKIE, session_value(current_app.config["TOKEN"]), httponly=True,
                         samesite="Strict", path="/")
