@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 
+from node import carry
 from node.errors import Invalid, NodeError
 from node.identity import IdentityError, check_device_cert
 from node.ids import b32, now_ms, unb32
@@ -79,6 +80,7 @@ class SyncEngine:
         self._locks_guard = threading.Lock()
         self._stop = threading.Event()
         self._retry_thread = threading.Thread(target=self._retry_loop, name="crewnode-join-retry", daemon=True)
+        self.autosync = None                             # set by the runtime when discovery is on
 
     @property
     def port(self) -> int:
@@ -100,6 +102,10 @@ class SyncEngine:
     def handle(self, peer, name: str, body: bytes):
         """Answer one request of an authenticated peer: (status, body)."""
         try:
+            if name == "pair":                           # a second device of my member (issue 7)
+                return 200, pack(self.node.call(carry.answer_pairing, peer.device_key, unpack(body)[0]))
+            if self.node.call(carry.is_retired, b32(peer.device_key)):
+                return 403, _error("this device was retired by its member")
             if name == "join":
                 reply = self.node.call(_admit, peer.member_id, unpack(body)[0])
             else:
@@ -141,6 +147,8 @@ class SyncEngine:
 
     def _exchange(self, client: SyncClient, address: str, source: str) -> dict:
         peer_member = client.peer_member_id
+        if self.node.call(carry.is_retired, b32(client.peer_device_key)):
+            raise Unreachable(f"the node at {address} is a device its member retired: not syncing with it")
         received, sent = protocol.run_exchange(self.node.call, peer_member,
                                                lambda name, body: self._call(client, name, body))
         self.node.call(PeerBook.note, peer_member, address, source, True)
@@ -155,7 +163,12 @@ class SyncEngine:
     # -- joining -------------------------------------------------------------------------------------
 
     def join(self, code: str, address: str | None = None) -> dict:
-        """POST /api/join: remember the code's proof, and try `address` at once when given."""
+        """POST /api/join: remember the code's proof and try it now.
+
+        With an address, that node's refusal (unknown, used or expired code) is final and
+        reported; without one, any LAN peer that knows the invite will do, so a peer that
+        does not know it is no refusal.
+        """
         key, proof = self.node.call(lambda s: s.join_proof(code))
         if address:
             address = check_address(address)
@@ -163,8 +176,12 @@ class SyncEngine:
         if address:
             try:
                 self._try_join(key, address)
+            except JoinRefused as exc:
+                self.node.call(_forget_join, key)
+                raise exc
             except Unreachable as exc:
-                log.info("join: %s; will retry", exc)
+                log.info("join at %s: %s; will retry", address, exc)
+        self.retry_joins()
         return self.node.call(_join_status, key)
 
     def _try_join(self, key: str, address: str) -> None:
@@ -182,8 +199,7 @@ class SyncEngine:
                     reply = client.call("join", pack(meta))
                 except TransportError as exc:
                     if exc.status in (403, 404, 409):
-                        self.node.call(_fail_join, key, str(exc.message if hasattr(exc, "message") else exc))
-                        raise JoinRefused(exc.status, getattr(exc, "message", str(exc))) from None
+                        raise JoinRefused(exc.status, _error_text(exc.message)) from None
                     raise Unreachable(f"the peer could not take the invite: {exc}") from None
                 cid = unpack(reply)[0]["congregation_id"]
                 self._exchange(client, address, "manual")
@@ -192,12 +208,13 @@ class SyncEngine:
         self.node.call(_finish_join, key, cid)
 
     def retry_joins(self, addresses=None) -> None:
-        """Try pending joins again, at their own address or at the given peers'."""
+        """Try pending joins again: at their own address, the given ones, and the LAN peers present."""
         joins = self.node.call(lambda s: s.store.get("joins", {}))
+        lan = [p["address"] for p in self.autosync.view()] if self.autosync else []
         for key, join in joins.items():
             if join["status"] != "pending":
                 continue
-            for address in ([join["address"]] if join.get("address") else []) + list(addresses or []):
+            for address in dict.fromkeys(([join["address"]] if join.get("address") else []) + list(addresses or []) + lan):
                 try:
                     self._try_join(key, address)
                     break
@@ -211,9 +228,22 @@ class SyncEngine:
             except Exception:                          # noqa: BLE001 - keep retrying
                 log.exception("join retry failed")
 
+    def shares_with(self, member: str) -> bool:
+        """True when `member` is an active member of any document I hold."""
+        return bool(self.node.call(protocol.shared_docs, member))
+
     def peers(self) -> list[dict]:
-        """GET /api/peers."""
-        return self.node.call(PeerBook.view)
+        """GET /api/peers: peers met by address, and the LAN peers present now.
+
+        A LAN peer that said goodbye is dropped; one not yet authenticated shows without id.
+        """
+        known = {p["id"]: p for p in self.node.call(PeerBook.view)}
+        out = [p for p in known.values() if p["source"] != "lan"]
+        for lan in self.autosync.view() if self.autosync else []:
+            peer = known.get(lan["member"]) or {"id": lan["member"], "name": None, "last_sync": None}
+            out = [p for p in out if p["id"] != peer["id"]]
+            out.append({**peer, "address": lan["address"], "source": "lan"})
+        return out
 
 
 class Unreachable(NodeError):
@@ -268,11 +298,18 @@ def _note_join(service, key: str, proof: bytes, address: str | None) -> None:
     service.store.put("joins", joins)
 
 
-def _fail_join(service, key: str, message: str) -> None:
+def _forget_join(service, key: str) -> None:
     joins = service.store.get("joins", {})
-    if key in joins:
-        joins[key].update(status="refused", error=message)
+    if joins.pop(key, None) is not None:
         service.store.put("joins", joins)
+
+
+def _error_text(message: str) -> str:
+    """The words of a peer's JSON error body."""
+    try:
+        return json.loads(message)["error"]
+    except (ValueError, TypeError, KeyError):
+        return message
 
 
 def _finish_join(service, key: str, cid: str) -> None:
@@ -285,6 +322,4 @@ def _finish_join(service, key: str, cid: str) -> None:
 
 def _join_status(service, key: str) -> dict:
     join = service.store.get("joins", {}).get(key, {})
-    if join.get("status") == "refused":
-        raise JoinRefused(409, join.get("error") or "the invite was refused")
     return {"congregation_id": join.get("congregation_id"), "status": join.get("status", "pending")}
