@@ -88,11 +88,12 @@ class Ledger:
             result.refused.append((h, "signature does not hold"))
             del fresh[h]
         docs = {e.doc for e in fresh.values()} | set(retry_docs)
+        # Every waiting entry of these documents, one that has just arrived again included: it
+        # must count as waiting, so that its row goes once it is accepted or refused.
         waiting = {}
         for raw in self.store.pending_raw(docs):
             entry = decode_entry(raw)
-            if entry.hash not in fresh:
-                waiting[entry.hash] = entry
+            waiting[entry.hash] = entry
         candidates = {**waiting, **fresh}
         accepted, reasons = self._settle(candidates, result)
         for h, reason in reasons.items():
