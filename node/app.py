@@ -29,6 +29,9 @@ def create_app(node_thread, token: str, sync_engine=None) -> Flask:
         app.register_blueprint(sync_api)
     from .pages import pages
     app.register_blueprint(pages)
+    from .carry_api import carry_api, carry_pages       # issue 7: bundles, devices, exports
+    app.register_blueprint(carry_api)
+    app.register_blueprint(carry_pages)
 
     @app.before_request
     def guard():

@@ -119,6 +119,7 @@ class DocState:
         self.invites: dict[str, dict] = {}
         self.agreements: dict[str, Agreement] = {}
         self.commitments: dict[str, Commitment] = {}
+        self.retired_devices: dict[str, int] = {}      # device -> last seq of it that counts
         self.vector: dict[str, int] = {}
         self.count = 0
         self.ydoc = Doc()
@@ -169,6 +170,9 @@ class DocState:
             commitment.creations.append((key, entry, author))
         elif kind == "status":
             self.commitments[op["commitment"]].statuses.append((key, op["status"]))
+        elif kind == "retire_device":
+            cut = self.retired_devices.get(op["device"])
+            self.retired_devices[op["device"]] = op["upto"] if cut is None else min(cut, op["upto"])
 
     def _admit(self, member: str, key: tuple) -> None:
         known = self.members.get(member)

@@ -10,8 +10,8 @@ whatever order entries arrived in. So no rule may depend on which of two entries
 import datetime as dt
 import re
 
-from .identity import verify
-from .ids import unb32
+from .identity import IdentityError, check_device_cert, verify
+from .ids import canonical_json, unb32
 
 RESPONSES = ("consent", "object", "stand_aside")
 COMMITMENT_STATUSES = ("open", "done", "released")
@@ -21,6 +21,7 @@ MAX_TEXT = 20_000
 MAX_NAME = 80
 MAX_REASON = 2_000
 JOIN_CONTEXT = b"crewnode-join-v1:"
+RETIRE_CONTEXT = b"crewnode-retire-device-v1:"
 
 
 class Refused(ValueError):
@@ -106,6 +107,8 @@ def check_op(entry, author: str, state) -> None:
     kind = op["t"]
     check = OPS.get((state.type, kind)) or OPS.get(("*", kind))
     require(check is not None, f"operation {kind!r} does not exist in a {state.type}")
+    cut = state.retired_devices.get(entry.device)
+    require(cut is None or entry.seq <= cut, "this device was retired by its member: its later entries are refused")
     if author not in state.members:
         raise Pending(f"author {author} is not (yet) a member of this {state.type}")
     check(entry, author, state)
@@ -214,6 +217,34 @@ def _status(entry, author, state):
     require(op.get("status") in COMMITMENT_STATUSES, "status must be open, done or released")
 
 
+def retire_message(doc: str, device: str, upto: int) -> bytes:
+    """What the person key signs to retire one of its devices in `doc` after seq `upto`."""
+    return RETIRE_CONTEXT + canonical_json({"doc": doc, "device": device, "upto": upto})
+
+
+def _device(entry, author, state):
+    """A device announces itself (its first entry carries its certificate, with its sealing key)."""
+    require(entry.cert is not None, "a device announcement carries the device's certificate")
+
+
+def _retire_device(entry, author, state):
+    """Only the person key may retire a device, and only one of its own (issue 7)."""
+    op = entry.op
+    upto = op.get("upto")
+    require(isinstance(upto, int) and not isinstance(upto, bool) and upto >= 0, "upto must be a seq")
+    try:
+        person, device = check_device_cert(op.get("cert"))
+    except IdentityError as exc:
+        raise Refused(f"the retired device's certificate does not hold: {exc}") from None
+    require(person == author and device == op.get("device"), "a member can retire only their own devices")
+    try:
+        sig = unb32(op.get("sig", ""))
+    except ValueError:
+        raise Refused("the retirement signature is malformed") from None
+    require(verify(unb32(author), sig, retire_message(state.id, device, upto)),
+            "the retirement is not signed by the member's person key")
+
+
 OPS = {
     ("*", "name"): _name,
     ("*", "meta"): _meta,
@@ -221,6 +252,8 @@ OPS = {
     ("*", "revise"): _revise,
     ("*", "respond"): _respond,
     ("*", "retire"): _retire,
+    ("*", "device"): _device,
+    ("*", "retire_device"): _retire_device,
     ("congregation", "invite"): _invite,
     ("congregation", "admit"): _admit,
     ("crew", "add"): _add,

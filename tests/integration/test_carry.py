@@ -1,0 +1,302 @@
+"""Issue 7 with real node processes: sealed bundles, backup and restore, a second device, exports.
+
+Every flow goes through the `crewnode` command line the way a member would type it, against
+homes that are being served (node_factory) or not.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PASSPHRASE = "correct horse battery staple"
+
+
+def crewnode(*args, passphrase: str | None = PASSPHRASE, check: bool | None = True, timeout: float = 120):
+    """Run `crewnode ARGS`; returns the CompletedProcess. `check=False`: must fail with a message."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CREWNODE_HOME", "CREWNODE_PASSPHRASE")}
+    if passphrase is not None:
+        env["CREWNODE_PASSPHRASE"] = passphrase
+    done = subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], cwd=REPO, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    if check is True:
+        assert done.returncode == 0, f"crewnode {' '.join(map(str, args))}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+    elif check is False:
+        assert done.returncode != 0, f"crewnode {' '.join(map(str, args))} should have failed:\n{done.stdout}"
+        assert done.stderr.strip(), "a refusal says why"
+    return done
+
+
+def member_id(node) -> str:
+    return node.api("GET", "/api/me", expect=200)[1]["id"]
+
+
+def congregation_with(ada, *others, name="Riverside"):
+    """Ada founds a congregation; each other node joins it with an invite code over sync."""
+    cid = ada.api("POST", "/api/congregations", {"name": name, "purpose": "test"}, expect=201)[1]["id"]
+    for other in others:
+        code = ada.api("POST", f"/api/congregations/{cid}/invites", {"note": ""}, expect=201)[1]["code"]
+        _, joined = other.api("POST", "/api/join", {"code": code, "address": ada.sync_address}, expect=202)
+        assert joined["status"] == "joined", joined
+    return cid
+
+
+def agreement_titles(node, cid) -> set[str]:
+    return {a["title"] for a in node.api("GET", f"/api/congregations/{cid}", expect=200)[1]["agreements"]}
+
+
+def entry_count(node, cid) -> int:
+    return len(node.api("GET", f"/api/congregations/{cid}/history", expect=200)[1])
+
+
+def speak(node, cid, title):
+    """`node` writes an entry (so its device certificate, with its sealing key, reaches others)."""
+    node.api("POST", f"/api/congregations/{cid}/agreements", {"title": title, "text": ""}, expect=201)
+
+
+# -- bundles ------------------------------------------------------------------------------------
+
+def test_bundle_round_trip_sealed_for_one_member(node_factory, tmp_path):
+    ada, bob, cy = node_factory(name="Ada"), node_factory(name="Bob"), node_factory(name="Cy")
+    cid = congregation_with(ada, bob, cy)
+    speak(bob, cid, "Bob was here")
+    bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    # A crew Bob is not in: its entries must not travel in Bob's bundle.
+    crew = ada.api("POST", f"/api/congregations/{cid}/crews",
+                   {"name": "Kitchen", "purpose": "secret soup", "members": [member_id(cy)]}, expect=201)[1]["id"]
+    ada.api("POST", f"/api/crews/{crew}/agreements", {"title": "Crewsecretword", "text": ""}, expect=201)
+    bob_id = member_id(bob)
+    bob.stop()
+    speak(ada, cid, "Marmaladeword for the gathering")
+
+    bundle = tmp_path / "for-bob.crewbundle"
+    crewnode("bundle", "export", bundle, "--for", bob_id, "--home", ada.home)     # Ada's node is serving
+    data = bundle.read_bytes()
+    for word in (b"Marmaladeword", b"Riverside", b"Crewsecretword", b"Kitchen", b"Bob was here"):
+        assert word not in data, f"{word!r} is readable in the bundle"
+
+    # Cy cannot open it, and nothing changes on Cy's node.
+    before = entry_count(cy, cid)
+    refused = crewnode("bundle", "import", bundle, "--home", cy.home, check=False)
+    assert "sealed for another member" in refused.stderr
+    assert entry_count(cy, cid) == before
+
+    # Bob imports it with his node stopped; once served again he sees Ada's news and no crew.
+    done = crewnode("bundle", "import", bundle, "--home", bob.home)
+    assert "imported" in done.stdout
+    bob.restart()
+    assert "Marmaladeword for the gathering" in agreement_titles(bob, cid)
+    assert bob.api("GET", f"/api/crews/{crew}")[0] == 404
+    again = crewnode("bundle", "import", bundle, "--home", bob.home)   # importing twice is harmless
+    assert "imported 0 new entries" in again.stdout
+
+
+def test_bundle_import_into_a_serving_node_shows_at_once(node_factory, tmp_path):
+    ada, bob = node_factory(name="Ada"), node_factory(name="Bob")
+    cid = congregation_with(ada, bob)
+    speak(bob, cid, "hello")
+    bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    speak(ada, cid, "Carried by hand")
+    bundle = tmp_path / "b.crewbundle"
+    ada.stop()
+    crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", ada.home)  # Ada not serving
+    crewnode("bundle", "import", bundle, "--home", bob.home)                           # Bob serving
+    assert "Carried by hand" in agreement_titles(bob, cid)          # no restart: the node took it
+
+
+@pytest.mark.parametrize("damage", ["truncate-end", "truncate-half", "flip-header", "flip-middle", "flip-last"])
+def test_a_damaged_bundle_is_refused_whole(node_factory, tmp_path, damage):
+    ada, bob = node_factory(name="Ada"), node_factory(name="Bob")
+    cid = congregation_with(ada, bob)
+    speak(bob, cid, "hello")
+    bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    for i in range(3):
+        speak(ada, cid, f"news {i}")
+    bundle = tmp_path / "b.crewbundle"
+    crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", ada.home)
+    data = bytearray(bundle.read_bytes())
+    if damage == "truncate-end":
+        data = data[:-1]
+    elif damage == "truncate-half":
+        data = data[:len(data) // 2]
+    else:
+        at = {"flip-header": 40, "flip-middle": len(data) // 2 + 7, "flip-last": len(data) - 1}[damage]
+        data[at] ^= 0x01
+    bundle.write_bytes(bytes(data))
+    before = entry_count(bob, cid)
+    refused = crewnode("bundle", "import", bundle, "--home", bob.home, check=False)
+    assert "damaged" in refused.stderr or "sealed for another member" in refused.stderr, refused.stderr
+    assert entry_count(bob, cid) == before
+    assert not (agreement_titles(bob, cid) & {"news 0", "news 1", "news 2"})
+
+
+# -- backup and restore -------------------------------------------------------------------------
+
+def test_restore_after_losing_the_home_continues_the_same_member_without_a_fork(node_factory, tmp_path):
+    ada, bob = node_factory(name="Ada"), node_factory(name="Bob")
+    cid = congregation_with(ada, bob)
+    speak(ada, cid, "Before the laptop died")
+    bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    ada_id, old_device = member_id(ada), ada.api("GET", "/api/me")[1]["device"]
+    backup = tmp_path / "ada.crewbackup"
+    crewnode("backup", backup, "--home", ada.home)                    # while Ada's node is serving
+    assert oct(backup.stat().st_mode & 0o777) == "0o600"
+    assert b"Before the laptop died" not in backup.read_bytes() and b"Riverside" not in backup.read_bytes()
+
+    ada.stop()
+    shutil.rmtree(ada.home)                                           # the laptop is gone
+
+    new_home = tmp_path / "ada-new"
+    wrong = crewnode("restore", backup, "--home", new_home, passphrase="not the passphrase", check=False)
+    assert "wrong passphrase" in wrong.stderr and not new_home.exists()
+    crewnode("restore", backup, "--home", new_home)
+    assert oct((new_home / "identity" / "seal.key").stat().st_mode & 0o777) == "0o600"
+    ada2 = node_factory.start(home=new_home, name="Ada")
+    me = ada2.api("GET", "/api/me", expect=200)[1]
+    assert me["id"] == ada_id and me["device"] != old_device
+    assert "Before the laptop died" in agreement_titles(ada2, cid)
+
+    speak(ada2, cid, "Carrying on")
+    synced = bob.api("POST", "/api/sync", {"address": ada2.sync_address}, expect=200)[1]
+    assert synced["received"] >= 2                                    # its announcement and the agreement
+    agreements = bob.api("GET", f"/api/congregations/{cid}", expect=200)[1]["agreements"]
+    carrying = next(a for a in agreements if a["title"] == "Carrying on")
+    assert carrying["proposed_by"] == ada_id                          # the same member, a new device
+    history = bob.api("GET", f"/api/congregations/{cid}/history", expect=200)[1]
+    new_device_seqs = sorted(h["seq"] for h in history if h["device"] == me["device"])
+    assert new_device_seqs[0] == 1                                    # a fresh log: nothing forked
+    old = sorted(h["seq"] for h in history if h["device"] == old_device)
+    assert old == list(range(1, len(old) + 1))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-middle", "flip-last"])
+def test_a_damaged_backup_restores_nothing(node_factory, tmp_path, damage):
+    ada = node_factory(name="Ada")
+    congregation_with(ada)
+    backup = tmp_path / "ada.crewbackup"
+    crewnode("backup", backup, "--home", ada.home)
+    data = bytearray(backup.read_bytes())
+    if damage == "truncate":
+        data = data[:-100]
+    else:
+        data[len(data) // 2 if damage == "flip-middle" else -1] ^= 0x40
+    backup.write_bytes(bytes(data))
+    target = tmp_path / "restored"
+    refused = crewnode("restore", backup, "--home", target, check=False)
+    assert "damaged" in refused.stderr
+    assert not target.exists()
+    assert not [p for p in tmp_path.iterdir() if "restoring" in p.name]
+
+
+def test_backup_needs_a_passphrase_and_restore_a_new_home(node_factory, tmp_path):
+    ada = node_factory(name="Ada")
+    refused = crewnode("backup", tmp_path / "b", "--home", ada.home, passphrase=None, check=False)
+    assert "passphrase" in refused.stderr and not (tmp_path / "b").exists()
+    crewnode("backup", tmp_path / "b", "--home", ada.home)
+    refused = crewnode("restore", tmp_path / "b", "--home", ada.home, check=False)
+    assert "not empty" in refused.stderr
+
+
+# -- a second device ----------------------------------------------------------------------------
+
+def test_a_second_device_joins_writes_and_is_retired(node_factory, tmp_path):
+    ada, bob = node_factory(name="Ada"), node_factory(name="Bob")
+    cid = congregation_with(ada, bob)
+    crew = ada.api("POST", f"/api/congregations/{cid}/crews",
+                   {"name": "Garden", "purpose": "", "members": [member_id(bob)]}, expect=201)[1]["id"]
+    speak(bob, cid, "hello")                      # so that Bob's sealing key is known to Ada's devices
+    bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    ada_id = member_id(ada)
+
+    stopped = node_factory(name="Zed")
+    stopped.stop()
+    refused = crewnode("device", "add", "--home", stopped.home, check=False)
+    assert "not running" in refused.stderr
+
+    code = crewnode("device", "add", "--home", ada.home, "--label", "phone").stdout.strip()
+    assert code.endswith(ada.sync_address)
+    wrong = code[:2] + ("a" if code[2] != "a" else "b") + code[3:]
+    assert "refused" in crewnode("device", "join", wrong, "--home", tmp_path / "nope", check=False).stderr
+    assert not (tmp_path / "nope").exists()
+    phone_home = tmp_path / "phone"
+    joined = crewnode("device", "join", code, "--home", phone_home)
+    assert "received" in joined.stdout
+    assert not (phone_home / "identity" / "person.key").exists()     # the person key stays on the first device
+    reused = crewnode("device", "join", code, "--home", tmp_path / "phone2", check=False)   # one-time code
+    assert "refused" in reused.stderr
+
+    phone = node_factory.start(home=phone_home, name="Ada")
+    phone_me = phone.api("GET", "/api/me", expect=200)[1]
+    assert phone_me["id"] == ada_id
+    assert phone.api("GET", f"/api/crews/{crew}", expect=200)[1]["name"] == "Garden"
+    phone.api("POST", f"/api/crews/{crew}/commitments", {"what": "Water the beans", "due": "2031-05-01"}, expect=201)
+    phone.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    assert [c["what"] for c in ada.api("GET", f"/api/crews/{crew}")[1]["commitments"]] == ["Water the beans"]
+
+    devices = ada.api("GET", "/api/devices", expect=200)[1]
+    assert {d["id"] for d in devices} == {ada.api("GET", "/api/me")[1]["device"], phone_me["device"]}
+    assert [d["this"] for d in devices] == [True, False]
+    assert phone.api("POST", f"/api/devices/{devices[0]['id']}/retire")[0] == 403   # no person key there
+    assert ada.api("POST", f"/api/devices/{devices[0]['id']}/retire")[0] == 409     # not the one I use
+
+    # The phone writes while offline, then is lost and retired from the first device.
+    phone.api("POST", f"/api/crews/{crew}/commitments", {"what": "Written after the loss"}, expect=201)
+    retired = ada.api("POST", f"/api/devices/{phone_me['device']}/retire", expect=200)[1]
+    assert retired["retired"] is True
+    bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+
+    # Bob's node refuses the retired device outright, and its later entries even when carried by hand.
+    status, answer = phone.api("POST", "/api/sync", {"address": bob.sync_address})
+    assert status >= 400 and "retired" in answer["error"]
+    bundle = tmp_path / "from-phone.crewbundle"
+    phone.stop()
+    crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", phone_home)
+    result = crewnode("bundle", "import", bundle, "--home", bob.home)
+    assert "retired" in result.stdout
+    whats = [c["what"] for c in bob.api("GET", f"/api/crews/{crew}")[1]["commitments"]]
+    assert whats == ["Water the beans"]                              # its earlier entries stay
+
+
+# -- exports ------------------------------------------------------------------------------------
+
+def test_congregation_json_and_crew_calendar(node_factory):
+    from icalendar import Calendar
+
+    ada, bob = node_factory(name="Ada"), node_factory(name="Bob")
+    cid = congregation_with(ada, bob)
+    crew = ada.api("POST", f"/api/congregations/{cid}/crews",
+                   {"name": "Garden", "purpose": "beans", "members": [member_id(bob)]}, expect=201)[1]["id"]
+    ada.api("POST", f"/api/crews/{crew}/commitments", {"what": "Water the beans", "due": "2031-05-01"}, expect=201)
+    ada.api("POST", f"/api/crews/{crew}/commitments", {"what": "No date"}, expect=201)
+
+    status, export = ada.api("GET", f"/api/congregations/{cid}/export", expect=200)
+    assert export["congregation"]["name"] == "Riverside"
+    assert {m["name"] for m in export["congregation"]["members"]} == {"Ada", "Bob"}
+    assert [c["name"] for c in export["crews"]] == ["Garden"]
+    assert len(export["history"]) >= 3
+
+    status, ics = ada.api("GET", f"/api/crews/{crew}/calendar.ics", expect=200)
+    cal = Calendar.from_ical(ics)
+    events = [e for e in cal.walk("VEVENT")]
+    assert len(events) == 1
+    assert "Water the beans" in str(events[0]["summary"])
+    assert events[0].decoded("dtstart").isoformat() == "2031-05-01"
+
+
+def test_devices_page_renders(node_factory):
+    ada = node_factory(name="Ada")
+    congregation_with(ada)
+    status, html = ada.api("GET", "/devices", expect=200, headers={"Accept": "text/html"})
+    assert "My devices" in html and "Download a backup" in html
+
+
+def test_every_carry_command_has_help():
+    for args in (["bundle", "export"], ["bundle", "import"], ["backup"], ["restore"], ["device", "add"],
+                 ["device", "join"]):
+        done = crewnode(*args, "--help")
+        assert "usage: crewnode " + " ".join(args) in done.stdout
