@@ -94,8 +94,10 @@ def test_me_get_and_patch(tmp_path):
         _, view = node.api("GET", f"/api/congregations/{cong['id']}", expect=200)
         assert view["members"] == [{"id": me["id"], "name": "Beatrix", "status": "active"}]
         # a restart without --name keeps the new name
+        token = node.token
         node.restart()
         assert node.api("GET", "/api/me", expect=200)[1]["name"] == "Beatrix"
+        assert node.token == token                                   # the token outlives a restart
     finally:
         factory.stop_all()
 
