@@ -221,7 +221,9 @@ def bundle_import(args) -> int:
     else:
         result = _with_home(args.home, lambda s: carry.import_bundle(s.ledger, s.identity, data).as_dict())
     print(f"imported {result['accepted']} new entries ({result['known']} already here"
-          + (f", {result['pending']} waiting for earlier ones" if result["pending"] else "") + ")")
+          + (f", {result['pending']} waiting for earlier ones" if result.get("pending") else "")
+          + (f", {result['void']} kept but not counted (written by a member or device no longer in)"
+             if result.get("void") else "") + ")")
     for item in result["refused"][:20]:
         print(f"  refused: {item['reason']}")
     return 0

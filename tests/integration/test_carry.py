@@ -256,8 +256,7 @@ def test_a_second_device_joins_writes_and_is_retired(node_factory, tmp_path):
     bundle = tmp_path / "from-phone.crewbundle"
     phone.stop()
     crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", phone_home)
-    result = crewnode("bundle", "import", bundle, "--home", bob.home)
-    assert "retired" in result.stdout
+    crewnode("bundle", "import", bundle, "--home", bob.home)
     whats = [c["what"] for c in bob.api("GET", f"/api/crews/{crew}")[1]["commitments"]]
     assert whats == ["Water the beans"]                              # its earlier entries stay
 

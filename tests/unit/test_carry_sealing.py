@@ -2,7 +2,7 @@
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from factories import Member, admit, service, sync_all
+from factories import Member, admit, propose_op, service, sync_all
 from node import carry
 from node.entries import decode_entry
 from node.identity import IdentityError, check_device_cert, load_identity, make_device_cert, new_device, raw_public
@@ -138,17 +138,17 @@ def test_a_retired_device_is_refused_after_its_cut(world):
     phone_ident = new_device(ada.identity.person_key)
     phone = Member("phone")
     phone.identity = phone_ident
-    first = phone.write(cid, {"t": "device"})
+    first = phone.write(cid, propose_op([ada.me], title="Before the loss"))
     assert not ada.ledger.ingest([first.raw]).refused
-    known = ada.store.get("devices", {})
-    known[phone_ident.device_id] = {"cert": phone_ident.cert, "label": "phone"}
-    ada.store.put("devices", known)
     carry.retire_device(ada, phone_ident.device_id)
-    later = phone.write(cid, {"t": "name", "name": "Ada"})
+    later = phone.write(cid, propose_op([ada.me], title="After the loss"))
     sync_all(ada, bob)
     result = bob.ledger.ingest([first.raw, later.raw])
-    assert [reason for _, reason in result.refused] == ["this device was retired by its member: its later entries are refused"]
+    assert not result.accepted or [e.hash for e in result.accepted] == [first.hash]
+    titles = {a.current.title for a in bob.states[cid].agreements.values()}
+    assert "Before the loss" in titles and "After the loss" not in titles
     assert carry.is_retired(bob, phone_ident.device_id)
+    assert not ada.ledger.ingest([later.raw]).accepted
 
 
 def test_pairing_code_round_trip_and_proof_binding(world):
