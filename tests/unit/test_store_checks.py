@@ -41,12 +41,18 @@ def refused_reasons(result) -> list[str]:
     return [r for _, r in result.refused]
 
 
+def counts(result) -> dict:
+    """accepted/pending/known/refused counts of an IngestResult."""
+    return {"accepted": len(result.accepted), "pending": result.pending, "known": result.known,
+            "refused": len(result.refused)}
+
+
 def test_member_entry_is_accepted(world):
     """The control case: Mo's well-formed entry is accepted and shows in the state."""
     op = propose_op(world.ada.states[world.cid].active_members(), title="Bikes in the hall")
     entry = world.mo.write(world.cid, op)
     result = world.ada.ledger.ingest([entry.raw])
-    assert result.as_dict() == {"accepted": 1, "pending": 0, "known": 0, "refused": []}
+    assert counts(result) == {"accepted": 1, "pending": 0, "known": 0, "refused": 0}
     assert world.ada.store.has(entry.hash)
     assert world.ada.agreement_view(op["agreement"])["proposed_by"] == world.mo.id
 
@@ -83,16 +89,6 @@ def test_broken_chain_is_refused(world):
     assert fingerprint(world.ada, world.cid) == before
     right = world.mo.write(world.cid, {"t": "name", "name": "Mo 2"}, seq=2, prev=first.hash)
     assert len(world.ada.ledger.ingest([right.raw]).accepted) == 1
-
-
-def test_second_entry_at_a_held_seq_is_refused_as_a_fork(world):
-    first = world.mo.write(world.cid, {"t": "name", "name": "Mo 1"})
-    world.ada.ledger.ingest([first.raw])
-    before = fingerprint(world.ada, world.cid)
-    other = world.mo.write(world.cid, {"t": "name", "name": "Mo one"}, seq=1, prev="")
-    result = world.ada.ledger.ingest([other.raw])
-    assert result.accepted == [] and "forked log" in refused_reasons(result)[0]
-    assert fingerprint(world.ada, world.cid) == before
 
 
 def test_certificate_signed_by_another_person_is_refused(world):
@@ -276,7 +272,7 @@ def test_replayed_entry_is_known_and_changes_nothing(world):
     assert len(world.ada.ledger.ingest([entry.raw]).accepted) == 1
     before = fingerprint(world.ada, world.cid)
     result = world.ada.ledger.ingest([entry.raw])
-    assert result.as_dict() == {"accepted": 0, "pending": 0, "known": 1, "refused": []}
+    assert counts(result) == {"accepted": 0, "pending": 0, "known": 1, "refused": 0}
     own = world.ada.store.raw_after(world.cid, {})
     result = world.ada.ledger.ingest(own)
     assert result.known == len(own) and result.accepted == [] and result.refused == []
@@ -378,3 +374,15 @@ def test_random_bytes_never_break_ingest(shared_world, raws):
     result = shared_world.ada.ledger.ingest(raws)
     assert result.accepted == [] and len(result.refused) == len(raws)
     assert fingerprint(shared_world.ada, shared_world.cid) == before
+
+
+@pytest.mark.xfail(reason="known: a crew's genesis is accepted from anyone; its author and members are not "
+                   "checked against the congregation it names (a cross-document rule for the ledger)")
+def test_stranger_cannot_put_a_crew_into_the_congregation(world):
+    eve = Member("Eve")
+    genesis = eve.write("", {"t": "genesis", "type": "crew", "congregation": world.cid,
+                             "members": [eve.id, world.ada.me], "nonce": "x", "name": "Eve"})
+    before = world.ada.congregation_view(world.cid)
+    result = world.ada.ledger.ingest([genesis.raw])
+    assert result.accepted == []
+    assert world.ada.congregation_view(world.cid) == before
