@@ -1,12 +1,641 @@
-"""The local page (placeholder until the page issue builds it)."""
-from flask import Blueprint, render_template_string
+"""The local page: server-rendered HTML for every workflow of a member.
+
+Every form posts to a route here that calls the node and redirects (Post/Redirect/Get), so the
+page works with JavaScript off. On an error the same page is rendered again, the error in words
+next to the form and everything typed kept. `web/static/crewnode.js` only enhances: it refreshes
+the page's content when `/api/events` says entries were accepted, keeping what is being typed.
+
+Page data is gathered in one call on the node thread (`NodeThread.call`), so one page costs one
+hop. Agreement lists of a big congregation are paged, and their per-agreement summaries are
+cached per document revision (`DocState.count`), so a page stays fast with thousands of entries.
+"""
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import time
+import urllib.parse
+from collections import OrderedDict
+
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from markupsafe import Markup
+
+from . import views
+from .errors import Invalid, NodeError, NotFound
+from .service import Service
 
 pages = Blueprint("pages", __name__)
 
+PER_PAGE = 25                   # agreements per page on a congregation page
+DUE_SHOWN = 30                  # commitments / proposals shown on the home page before "show all"
+HISTORY_SHOWN = 300
+NAMES_SHOWN = 40                # names per list in an agreement card among many (its own page shows all)
+INVITES_KEPT = 50               # invites shown again after their redirect (in memory only)
+FILTERS = ("all", "open", "agreed", "retired")
+OPEN = ("proposed", "objected")
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; font-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+class SyncUnavailable(NodeError):
+    """Joining and syncing need the sync engine, which this node does not run."""
+
+    status = 503
+
+
+def node():
+    """The NodeThread of this app."""
+    return current_app.config["NODE"]
+
+
+def _state():
+    """Per-app memory of the page: invites just created (their codes are never stored)."""
+    return current_app.extensions.setdefault("crewnode_pages", {"invites": OrderedDict()})
+
+
+# -- security: CSRF token in every form (on top of the app's Origin/Sec-Fetch-Site check) -------
+
+def csrf_token() -> str:
+    return hmac.new(current_app.config["TOKEN"].encode(), b"crewnode-form-v1", hashlib.sha256).hexdigest()
+
+
+@pages.before_request
+def check_form_token():
+    if request.method == "POST" and not hmac.compare_digest(request.form.get("csrf", ""), csrf_token()):
+        return render_template("message.html", title="Form expired",
+                               message="This form came from an old or foreign page. Go back, reload "
+                                       "the page and try again."), 403
+    return None
+
+
+@pages.after_request
+def page_headers(response):
+    if response.mimetype == "text/html":
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")   # no-referrer would send Origin: null
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@pages.app_context_processor
+def page_globals():
+    return {"csrf": csrf_token(), "today": dt.date.today().isoformat()}
+
+
+@pages.errorhandler(NodeError)
+def node_error(exc: NodeError):
+    title = {404: "Not here", 403: "Not allowed", 409: "Not now"}.get(exc.status, "Something is wrong")
+    return render_template("message.html", title=title, message=exc.message), exc.status
+
+
+# -- filters ---------------------------------------------------------------------------------
+
+def _parse_time(value):
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value / 1000, dt.timezone.utc)
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@pages.app_template_filter("when")
+def when(value) -> Markup:
+    """A time as a <time> element (the script shows it in local time)."""
+    moment = _parse_time(value)
+    if moment is None:
+        return Markup("never")
+    moment = moment.astimezone(dt.timezone.utc)
+    text = f"{moment.day} {moment:%b %Y, %H:%M} UTC"
+    return Markup('<time datetime="{}">{}</time>').format(moment.isoformat().replace("+00:00", "Z"), text)
+
+
+@pages.app_template_filter("day")
+def day(value) -> str:
+    """An ISO date as 'Tue 3 Jun 2025'."""
+    try:
+        date = dt.date.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    return f"{date:%a} {date.day} {date:%b %Y}"
+
+
+@pages.app_template_filter("due_note")
+def due_note(value) -> str:
+    """How far a due date is from today, in words."""
+    try:
+        days = (dt.date.fromisoformat(str(value)) - dt.date.today()).days
+    except ValueError:
+        return ""
+    if days == 0:
+        return "due today"
+    if days == 1:
+        return "due tomorrow"
+    if days > 1:
+        return f"in {days} days"
+    return "overdue by 1 day" if days == -1 else f"overdue by {-days} days"
+
+
+@pages.app_template_filter("plural")
+def plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+# -- gathering page data on the node thread ----------------------------------------------------
+
+def _summaries(state) -> list[dict]:
+    """Every agreement of a document as {id, status}, newest first; cached per revision."""
+    def compute():
+        ordered = sorted(state.agreements.values(), key=lambda a: a.first[0], reverse=True)
+        read = views.facts_reader(state)
+        return [{"id": a.id, "status": read(a)["status"]} for a in ordered]
+    return views.memo(state, "page-summaries", compute)
+
+
+def _names_doc(service, state):
+    return service.states.get(state.congregation) if state.congregation else state
+
+
+def _agreement_views(service, state, ids) -> list[dict]:
+    names = _names_doc(service, state) or state
+    return [decorate(views.agreement_view(state, state.agreements[aid], names), service.me) for aid in ids]
+
+
+def decorate(a: dict, me: str, limit: int | None = NAMES_SHOWN) -> dict:
+    """Add the round's state in names: who consented, stood aside, objected, has not answered.
+    Lists of names are joined here (escaped once by the template) and cut at `limit` names in
+    lists of many agreements; the agreement's own page shows them all."""
+    def name(member):
+        known = a["names"].get(member) or f"member {member[:8]}"
+        return f"{known} (you)" if member == me else known
+
+    def cut(items):
+        items = sorted(items, key=str.lower)
+        shown = items if limit is None else items[:limit]
+        return {"n": len(items), "text": ", ".join(shown), "more": len(items) - len(shown)}
+
+    consent, aside, objections = [], [], []
+    for member, answer in a["responses"].items():
+        if answer["response"] == "consent":
+            consent.append(name(member))
+        elif answer["response"] == "stand_aside":
+            reason = answer.get("reason") or ""
+            aside.append(f"{name(member)} (“{reason}”)" if reason else name(member))
+        else:
+            objections.append({"name": name(member), "reason": answer.get("reason") or ""})
+    a["round"] = {"consent": cut(consent), "stand_aside": cut(aside),
+                  "objections": sorted(objections, key=lambda x: x["name"].lower()),
+                  "waiting": cut(name(m) for m in a["waiting_for"])}
+    return a
+
+
+def due_view(service) -> dict:
+    """`Service.due_view`, assembled from per-document parts that are cached per revision
+    (`views.due_in`), so the home page costs little even with thousands of records."""
+    today = dt.date.today().isoformat()
+    commitments, waiting, reviews = [], [], []
+    for state in list(service.states.values()):
+        if service.me not in state.members:
+            continue
+        names = service.states.get(state.congregation) or state
+        part = views.due_in(state, service.me, today)
+        commitments += [{**c, "by_name": names.name_of(c["by"])} for c in part["commitments"]]
+        waiting += part["awaiting_response"]
+        reviews += part["reviews_due"]
+    commitments.sort(key=lambda c: (c["due"] or "9999-99-99", c["created_at"]))
+    return {"commitments": commitments, "awaiting_response": waiting, "reviews_due": reviews}
+
+
+def home_data(service, show_all: bool) -> dict:
+    me = service.me_view()
+    congregations = service.list_congregations()
+    for congregation in congregations:
+        crews = sorted(service.crews_of(congregation["id"]), key=lambda c: c.meta_value("name").lower())
+        congregation["crews"] = [{"id": c.id, "name": c.meta_value("name"), "size": len(c.active_members())}
+                                 for c in crews]
+    due = due_view(service)
+    return {"me": me, "congregations": congregations, "due": due, "show_all": show_all}
+
+
+def congregation_data(service, cid: str, show: str, page: int) -> dict:
+    """The congregation page; its parts are remembered until the congregation (or a crew) changes."""
+    state = service.congregation_state(cid)
+    me = service.me
+    summaries = _summaries(state)
+    counts = {"all": len(summaries), "open": 0, "agreed": 0, "retired": 0}
+    for s in summaries:
+        counts["open" if s["status"] in OPEN else s["status"]] += 1
+    chosen = [s for s in summaries if show == "all" or s["status"] == show
+              or (show == "open" and s["status"] in OPEN)]
+    pages_total = max(1, -(-len(chosen) // PER_PAGE))
+    page = min(max(page, 1), pages_total)
+    shown = tuple(s["id"] for s in chosen[(page - 1) * PER_PAGE: page * PER_PAGE])
+    members = views.memo(state, "page-members", lambda: views.member_list(state))
+    crews = sorted(service.crews_of(cid), key=lambda c: c.meta_value("name").lower())
+    return {
+        "me": me, "my_name": service.my_name(),
+        "congregation": {"id": cid, "name": state.meta_value("name"), "purpose": state.meta_value("purpose"),
+                         "forked_from": state.forked_from, "my_status": state.members[me].status},
+        "members": members,
+        "active_count": len(views.active_set(state)),
+        "crews": [views.memo(c, "page-card", lambda c=c: {**views.crew_summary(c), "size": len(c.active_members())})
+                  for c in crews],
+        "agreements": views.memo(state, ("page-agreements", shown, me),
+                                 lambda: _agreement_views(service, state, shown)),
+        "counts": counts, "show": show, "page": page, "pages_total": pages_total,
+    }
+
+
+def crew_data(service, crew_id: str) -> dict:
+    """The crew page; remembered until the crew or its congregation (names) changes, or the day."""
+    crew = service.crew_state(crew_id)
+    congregation = service.states.get(crew.congregation)
+    today = dt.date.today().isoformat()
+    key = ("page", service.me, today, views.revision(congregation) if congregation else None)
+    return views.memo(crew, key, lambda: _crew_data(service, crew, congregation, today))
+
+
+def _crew_data(service, crew, congregation, today: str) -> dict:
+    view = service.crew_view(crew.id)
+    members = [{"id": m, "name": view["member_names"].get(m, m[:8]), "status": crew.members[m].status}
+               for m in sorted(crew.members, key=lambda m: crew.members[m].joined)]
+    candidates = []
+    if congregation is not None:
+        candidates = [m for m in views.member_list(congregation)
+                      if m["status"] == "active" and m["id"] not in crew.members]
+    for a in view["agreements"]:
+        decorate(a, service.me)
+    for commitment in view["commitments"]:
+        commitment["overdue"] = bool(commitment["status"] == "open" and commitment["due"] and commitment["due"] < today)
+    return {
+        "me": service.me, "crew": view, "members": members, "candidates": candidates,
+        "active": [m for m in members if m["status"] == "active"],
+        "congregation": {"id": crew.congregation,
+                         "name": congregation.meta_value("name") if congregation else "its congregation"},
+        "my_status": crew.members[service.me].status,
+    }
+
+
+def agreement_data(service, aid: str) -> dict:
+    state, _ = service.find_agreement(aid)
+    agreement = decorate(service.agreement_view(aid), service.me, limit=None)
+    return {"me": service.me, "agreement": agreement,
+            "scope": {"type": state.type, "id": state.id, "name": state.meta_value("name")},
+            "my_status": state.members[service.me].status}
+
+
+def history_data(service, doc_id: str, kind: str) -> dict:
+    state = service.congregation_state(doc_id) if kind == "congregation" else service.crew_state(doc_id)
+    entries = service.history(doc_id, limit=HISTORY_SHOWN)
+    return {"scope": {"type": kind, "id": doc_id, "name": state.meta_value("name")}, "entries": entries,
+            "limit": HISTORY_SHOWN}
+
+
+# -- sync features (the sync engine may or may not be there) --------------------------------------
+
+def _engine():
+    return current_app.config.get("SYNC")
+
+
+def join(code: str, address: str | None) -> dict:
+    engine = _engine()
+    if engine is not None and hasattr(engine, "join"):
+        return engine.join(code, address)
+    if hasattr(Service, "join"):
+        return node().call(Service.join, code, address)
+    raise SyncUnavailable("sync not available yet: this node cannot join a congregation yet")
+
+
+def peers() -> list[dict] | None:
+    engine = _engine()
+    if engine is not None and hasattr(engine, "peers"):
+        return engine.peers()
+    if hasattr(Service, "peers_view"):
+        return node().call(Service.peers_view)
+    return None
+
+
+def sync_now(address: str) -> dict:
+    engine = _engine()
+    if engine is not None and hasattr(engine, "sync_with"):
+        return engine.sync_with(address)
+    if hasattr(Service, "sync_now"):
+        return node().call(Service.sync_now, address)
+    raise SyncUnavailable("sync not available yet")
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+def _render(template: str, data: dict, form: str | None = None, error: str | None = None,
+            status: int = 200, live_url: str | None = None):
+    values = request.form if form else {}
+    html = render_template(template, **data, form=form, error=error, values=values,
+                           live_url=live_url or request.full_path.rstrip("?"))
+    return html, status
+
+
+def _error_status(exc: NodeError) -> int:
+    return exc.status if exc.status != 404 else 400
+
+
+def render_home(form=None, error=None, status=200):
+    data = node().call(home_data, request.args.get("all") == "1")
+    data["notice"] = _notice()
+    return _render("home.html", data, form, error, status, live_url=url_for(".home"))
+
+
+def _notice() -> str | None:
+    """A message carried by a redirect's query string (no server-side session needed)."""
+    note = request.args.get("note")
+    return {
+        "joining": "Your invite code is noted. You will be in as soon as your node syncs with a member's "
+                   "node that knows the invite: on this network, or at the address you gave. This page "
+                   "updates by itself.",
+        "name": "Your name is saved.",
+    }.get(note)
+
+
+def _congregation_args(args) -> tuple[str, int]:
+    show = args.get("show", "all")
+    if show not in FILTERS:
+        show = "all"
+    try:
+        page = int(args.get("page", "1"))
+    except ValueError:
+        page = 1
+    return show, page
+
+
+def render_congregation(cid, form=None, error=None, status=200, args=None):
+    args = request.args if args is None else args
+    show, page = _congregation_args(args)
+    data = node().call(congregation_data, cid, show, page)
+    invite = None
+    handle = args.get("invite")
+    if handle:
+        found = _state()["invites"].get(handle)
+        if found and found["congregation_id"] == cid:
+            invite = found
+    data["invite"] = invite
+    query = {k: v for k, v in (("show", show), ("page", str(data["page"])), ("invite", handle)) if v and
+             not (k == "show" and v == "all") and not (k == "page" and v == "1")}
+    live = url_for(".congregation", cid=cid) + ("?" + urllib.parse.urlencode(query) if query else "")
+    return _render("congregation.html", data, form, error, status, live_url=live)
+
+
+def render_crew(crew_id, form=None, error=None, status=200):
+    data = node().call(crew_data, crew_id)
+    return _render("crew.html", data, form, error, status, live_url=url_for(".crew", crew_id=crew_id))
+
+
+def render_agreement(aid, form=None, error=None, status=200):
+    data = node().call(agreement_data, aid)
+    return _render("agreement.html", data, form, error, status, live_url=url_for(".agreement", aid=aid))
+
+
+def render_peers(form=None, error=None, status=200):
+    found = peers()
+    data = {"peers": found, "available": found is not None or _engine() is not None,
+            "result": None, "me": node().call(Service.me_view)}
+    if request.method == "GET" and "received" in request.args:
+        data["result"] = {"received": request.args.get("received"), "sent": request.args.get("sent")}
+    return _render("peers.html", data, form, error, status, live_url=url_for(".peers_page"))
+
+
+def render_settings(form=None, error=None, status=200):
+    data = {"me": node().call(Service.me_view), "saved": request.args.get("note") == "name"}
+    return _render("settings.html", data, form, error, status, live_url=url_for(".settings"))
+
+
+def field(name: str) -> str:
+    return request.form.get(name, "")
+
+
+def _local_path(value: str | None, fallback: str) -> str:
+    """A redirect target from a form, only if it is a path on this node."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return fallback
+
+
+# -- pages: home, me, settings -----------------------------------------------------------------------
 
 @pages.get("/")
 def home():
-    return render_template_string(
-        "<!doctype html><html lang=en><meta charset=utf-8><title>crewnode</title>"
-        "<h1>crewnode</h1><p>Your node is running. The full page is coming; the JSON API is at "
-        "<code>/api/</code>.</p></html>")
+    return render_home()
+
+
+@pages.post("/me")
+def save_name():
+    back = request.form.get("back")
+    try:
+        node().call(Service.set_name, field("name"))
+    except NodeError as exc:
+        if back == "settings":
+            return render_settings("name", exc.message, _error_status(exc))
+        return render_home("name", exc.message, _error_status(exc))
+    if back == "settings":
+        return redirect(url_for(".settings", note="name"), 303)
+    return redirect(url_for(".home"), 303)
+
+
+@pages.get("/settings")
+def settings():
+    return render_settings()
+
+
+@pages.post("/congregations")
+def create_congregation():
+    try:
+        made = node().call(Service.create_congregation, field("name"), field("purpose"))
+    except NodeError as exc:
+        return render_home("congregation", exc.message, _error_status(exc))
+    return redirect(url_for(".congregation", cid=made["id"]), 303)
+
+
+@pages.post("/join")
+def join_page():
+    code = field("code").strip()
+    address = field("address").strip() or None
+    try:
+        if not code:
+            raise Invalid("type the invite code you were given, like ABCD-EFGH-JKMN")
+        result = join(code, address)
+    except NodeError as exc:
+        return render_home("join", exc.message, _error_status(exc))
+    if result.get("status") == "joined" and result.get("congregation_id"):
+        return redirect(url_for(".congregation", cid=result["congregation_id"]), 303)
+    return redirect(url_for(".home", note="joining"), 303)
+
+
+# -- congregation ---------------------------------------------------------------------------------
+
+@pages.get("/c/<cid>")
+def congregation(cid):
+    return render_congregation(cid)
+
+
+def _congregation_form_error(cid, form, exc):
+    args = urllib.parse.parse_qs(urllib.parse.urlsplit(request.form.get("back", "")).query)
+    args = {k: v[0] for k, v in args.items()}
+    return render_congregation(cid, form, exc.message, _error_status(exc), args=args)
+
+
+@pages.post("/c/<cid>/invites")
+def create_invite(cid):
+    try:
+        invite = node().call(Service.create_invite, cid, field("note"))
+    except NodeError as exc:
+        if isinstance(exc, NotFound):
+            raise
+        return _congregation_form_error(cid, "invite", exc)
+    kept = _state()["invites"]
+    handle = secrets.token_urlsafe(9)
+    kept[handle] = {**invite, "note": field("note").strip(), "qr": qr_svg(invite["code"]), "made": time.time()}
+    while len(kept) > INVITES_KEPT:
+        kept.popitem(last=False)
+    return redirect(url_for(".congregation", cid=cid, invite=handle) + "#invite", 303)
+
+
+@pages.post("/c/<cid>/agreements")
+def propose_in_congregation(cid):
+    node().call(Service.congregation_state, cid)
+    try:
+        made = node().call(Service.propose, cid, field("title"), field("text"), field("review_by") or None)
+    except NodeError as exc:
+        return _congregation_form_error(cid, "propose", exc)
+    return redirect(url_for(".congregation", cid=cid) + f"#a-{made['id']}", 303)
+
+
+@pages.post("/c/<cid>/crews")
+def create_crew(cid):
+    try:
+        made = node().call(Service.create_crew, cid, field("crew_name"), field("crew_purpose"),
+                           request.form.getlist("members"))
+    except NodeError as exc:
+        if isinstance(exc, NotFound):
+            raise
+        return _congregation_form_error(cid, "crew", exc)
+    return redirect(url_for(".crew", crew_id=made["id"]), 303)
+
+
+@pages.get("/c/<cid>/history")
+def congregation_history(cid):
+    data = node().call(history_data, cid, "congregation")
+    return _render("history.html", data, live_url=url_for(".congregation_history", cid=cid))
+
+
+# -- crew -----------------------------------------------------------------------------------------
+
+@pages.get("/crews/<crew_id>")
+def crew(crew_id):
+    return render_crew(crew_id)
+
+
+@pages.post("/crews/<crew_id>/agreements")
+def propose_in_crew(crew_id):
+    node().call(Service.crew_state, crew_id)
+    try:
+        made = node().call(Service.propose, crew_id, field("title"), field("text"), field("review_by") or None)
+    except NodeError as exc:
+        return render_crew(crew_id, "propose", exc.message, _error_status(exc))
+    return redirect(url_for(".crew", crew_id=crew_id) + f"#a-{made['id']}", 303)
+
+
+@pages.post("/crews/<crew_id>/commitments")
+def make_commitment(crew_id):
+    node().call(Service.crew_state, crew_id)
+    try:
+        made = node().call(Service.commit, crew_id, field("what"), field("due") or None, field("by") or None)
+    except NodeError as exc:
+        return render_crew(crew_id, "commit", exc.message, _error_status(exc))
+    return redirect(url_for(".crew", crew_id=crew_id) + f"#k-{made['id']}", 303)
+
+
+@pages.post("/crews/<crew_id>/members")
+def add_member(crew_id):
+    node().call(Service.crew_state, crew_id)
+    try:
+        node().call(Service.add_crew_member, crew_id, field("member_id"))
+    except NodeError as exc:
+        return render_crew(crew_id, "add", exc.message, _error_status(exc))
+    return redirect(url_for(".crew", crew_id=crew_id) + "#members", 303)
+
+
+@pages.get("/crews/<crew_id>/history")
+def crew_history(crew_id):
+    data = node().call(history_data, crew_id, "crew")
+    return _render("history.html", data, live_url=url_for(".crew_history", crew_id=crew_id))
+
+
+@pages.post("/commitments/<commitment_id>/status")
+def commitment_status(commitment_id):
+    crew_id = node().call(lambda s: s.find_commitment(commitment_id)[0].id)
+    try:
+        node().call(Service.set_commitment_status, commitment_id, field("status"))
+    except NodeError as exc:
+        return render_crew(crew_id, f"k-{commitment_id}", exc.message, _error_status(exc))
+    return redirect(url_for(".crew", crew_id=crew_id) + f"#k-{commitment_id}", 303)
+
+
+# -- agreements ----------------------------------------------------------------------------------
+
+@pages.get("/agreements/<aid>")
+def agreement(aid):
+    return render_agreement(aid)
+
+
+@pages.post("/agreements/<aid>/respond")
+def respond(aid):
+    kind, doc_id = node().call(lambda s: (lambda st: (st.type, st.id))(s.find_agreement(aid)[0]))
+    fallback = url_for(".congregation", cid=doc_id) if kind == "congregation" else url_for(".crew", crew_id=doc_id)
+    back = _local_path(request.form.get("back"), fallback)
+    try:
+        node().call(Service.respond, aid, field("response"), field("reason"))
+    except NodeError as exc:
+        form, status = f"respond-{aid}", _error_status(exc)
+        if urllib.parse.urlsplit(back).path == url_for(".agreement", aid=aid):
+            return render_agreement(aid, form, exc.message, status)
+        if kind == "crew":
+            return render_crew(doc_id, form, exc.message, status)
+        return _congregation_form_error(doc_id, form, exc)
+    return redirect(back.split("#")[0] + f"#a-{aid}", 303)
+
+
+# -- peers -----------------------------------------------------------------------------------------
+
+@pages.get("/peers")
+def peers_page():
+    return render_peers()
+
+
+@pages.post("/peers/sync")
+def sync_page():
+    address = field("address").strip()
+    try:
+        if not address:
+            raise Invalid("type the address of a member's node, like 192.168.1.20:8471")
+        result = sync_now(address)
+    except NodeError as exc:
+        return render_peers("sync", exc.message, _error_status(exc))
+    except (OSError, TimeoutError) as exc:
+        return render_peers("sync", f"could not sync with {address}: {exc}", 409)
+    return redirect(url_for(".peers_page", received=result.get("received", 0), sent=result.get("sent", 0)), 303)
+
+
+# -- invites as QR codes -------------------------------------------------------------------------------
+
+def qr_svg(text: str) -> Markup:
+    """An inline SVG QR code of `text`, made here (no script, nothing fetched)."""
+    import qrcode
+    import qrcode.image.svg
+
+    image = qrcode.make(text, image_factory=qrcode.image.svg.SvgPathImage, border=2)
+    svg = image.to_string(encoding="unicode")
+    svg = svg.replace("<svg ", f'<svg class="qr" role="img" aria-label="QR code of the invite code {text}" ', 1)
+    for attr in ("width", "height"):
+        svg = svg.replace(f' {attr}="', f' data-{attr}="', 1)
+    return Markup(svg)

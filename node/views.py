@@ -1,9 +1,18 @@
-"""The JSON shapes of API.md, read from document states."""
+"""The JSON shapes of API.md, read from document states.
+
+Derived facts that cost a pass over a document (who is active, each agreement's status, what is
+due for me) are memoised per document revision, so reading a big congregation again is cheap and
+an accepted entry invalidates only its own document.
+"""
 import datetime as dt
+import weakref
 
 from .docstate import Agreement, Commitment, DocState
 
 CREW_SIZE_ADVICE = 8
+_MEMO: "weakref.WeakKeyDictionary[DocState, tuple]" = weakref.WeakKeyDictionary()
+_FACTS: "weakref.WeakKeyDictionary[DocState, dict]" = weakref.WeakKeyDictionary()
+_MEMBERS: "weakref.WeakKeyDictionary[DocState, frozenset]" = weakref.WeakKeyDictionary()
 
 
 def iso(ms: int) -> str:
@@ -11,33 +20,113 @@ def iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def revision(state: DocState) -> tuple:
+    """Changes whenever an entry is folded into the state (or the state is rebuilt)."""
+    return (state.count, id(state.members), id(state.agreements), id(state.commitments))
+
+
+def memo(state: DocState, key, compute):
+    """`compute()`, remembered for `state` until its revision changes."""
+    slot = _MEMO.get(state)
+    rev = revision(state)
+    if slot is None or slot[0] != rev:
+        slot = (rev, {})
+        _MEMO[state] = slot
+    if key not in slot[1]:
+        slot[1][key] = compute()
+    return slot[1][key]
+
+
+def active_set(state: DocState) -> frozenset:
+    """Ids of the document's active members."""
+    return memo(state, "active", lambda: frozenset(m for m, status in membership(state) if status == "active"))
+
+
+def membership(state: DocState) -> frozenset:
+    """(member, status) pairs: what agreement rounds depend on besides their own entries.
+    While the membership stays the same this is the same object, so comparing it is instant."""
+    def compute():
+        fresh = frozenset((m.id, m.status) for m in state.members.values())
+        known = _MEMBERS.get(state)
+        if known == fresh:
+            return known
+        _MEMBERS[state] = fresh
+        return fresh
+    return memo(state, "membership", compute)
+
+
+def current_responses(agreement: Agreement, current: str | None = None) -> dict:
+    """member -> (response, reason): each member's latest answer to the current version
+    (what `Agreement.response_of` gives, for every member in one pass)."""
+    current = current or agreement.current.hash
+    out = {}
+    for member, answers in agreement.responses.items():
+        mine = [(key, value) for (version, key), value in answers.items() if version == current]
+        if mine:
+            out[member] = max(mine)[1]
+    return out
+
+
+def agreement_facts(state: DocState, agreement: Agreement) -> dict:
+    """An agreement's current version, answers, entitled active members and status.
+
+    Remembered per agreement until its own entries or the document's membership change, so an
+    answer to one agreement does not make a node recompute a thousand others.
+    """
+    return facts_reader(state)(agreement)
+
+
+def facts_reader(state: DocState):
+    """`agreement_facts` for many agreements of one document (looks its caches up once)."""
+    cache = _FACTS.get(state)
+    if cache is None:
+        cache = _FACTS[state] = {}
+    members = membership(state)
+    active = active_set(state)
+
+    def read(agreement: Agreement) -> dict:
+        key = (len(agreement.proposals), len(agreement.revisions), agreement.retired,
+               sum(map(len, agreement.responses.values())), members)
+        hit = cache.get(agreement.id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        current = agreement.current
+        entitled = [m for m in agreement.entitled if m in active]
+        given = current_responses(agreement, current.hash)
+        answers = [given.get(m) for m in entitled]
+        if agreement.retired:
+            status = "retired"
+        elif any(a and a[0] == "object" for a in answers):
+            status = "objected"
+        elif entitled and all(a and a[0] in ("consent", "stand_aside") for a in answers):
+            status = "agreed"
+        else:
+            status = "proposed"
+        facts = {"current": current, "responses": given, "entitled": entitled, "status": status}
+        cache[agreement.id] = (key, facts)
+        return facts
+
+    return read
+
+
 def agreement_status(state: DocState, agreement: Agreement) -> str:
     """proposed / objected / agreed / retired, by the consent rules of issue 2."""
-    if agreement.retired:
-        return "retired"
-    entitled = waiting_entitled(state, agreement)
-    answers = [agreement.response_of(m) for m in entitled]
-    if any(a and a[0] == "object" for a in answers):
-        return "objected"
-    if entitled and all(a and a[0] in ("consent", "stand_aside") for a in answers):
-        return "agreed"
-    return "proposed"
+    return agreement_facts(state, agreement)["status"]
 
 
 def waiting_entitled(state: DocState, agreement: Agreement) -> list[str]:
     """Those entitled to respond who are still active members of the scope."""
-    active = {m.id for m in state.members.values() if m.status == "active"}
-    return [m for m in agreement.entitled if m in active]
+    return list(agreement_facts(state, agreement)["entitled"])
 
 
 def agreement_view(state: DocState, agreement: Agreement, names: DocState | None = None) -> dict:
     """An agreement as API.md shapes it, plus the round's details for the page."""
     names = names or state
-    current = agreement.current
-    entitled = waiting_entitled(state, agreement)
+    facts = agreement_facts(state, agreement)
+    current, entitled, given = facts["current"], facts["entitled"], facts["responses"]
     responses = {}
     for member in entitled:
-        answer = agreement.response_of(member)
+        answer = given.get(member)
         if answer:
             responses[member] = {"response": answer[0], "reason": answer[1]}
     versions = sorted(agreement.versions.values(), key=lambda v: (v.at, v.hash))
@@ -46,7 +135,7 @@ def agreement_view(state: DocState, agreement: Agreement, names: DocState | None
         "kind": agreement.kind,
         "title": current.title,
         "text": current.text,
-        "status": agreement_status(state, agreement),
+        "status": facts["status"],
         "proposed_by": agreement.proposed_by,
         "review_by": current.review_by,
         "responses": responses,
@@ -106,3 +195,30 @@ def crew_view(crew: DocState, congregation: DocState | None) -> dict:
         view["warning"] = (f"this crew has {len(view['members'])} members; crews work best with 3 to "
                            f"{CREW_SIZE_ADVICE} people around one table")
     return view
+
+
+def due_in(state: DocState, me: str, today: str) -> dict:
+    """What one document asks of `me` today: my open commitments, proposals awaiting my answer,
+    agreements due for review (the parts of `Service.due_view`, without names), remembered per
+    revision of the document."""
+    return memo(state, ("due", me, today), lambda: _due_in(state, me, today))
+
+
+def _due_in(state: DocState, me: str, today: str) -> dict:
+    scope = {"type": state.type, "id": state.id, "name": state.meta_value("name")}
+    commitments, waiting, reviews = [], [], []
+    for commitment in state.commitments.values():
+        view = commitment_view(commitment)
+        if view["by"] == me and view["status"] == "open":
+            view["overdue"] = bool(view["due"] and view["due"] < today)
+            commitments.append({**view, "scope": scope})
+    read = facts_reader(state)
+    for agreement in state.agreements.values():
+        facts = read(agreement)
+        status, current = facts["status"], facts["current"]
+        if status in ("proposed", "objected") and me in facts["entitled"] and me not in facts["responses"]:
+            waiting.append({"id": agreement.id, "title": current.title, "status": status, "scope": scope})
+        if status == "agreed" and current.review_by and current.review_by <= today:
+            reviews.append({"id": agreement.id, "title": current.title, "review_by": current.review_by,
+                            "scope": scope})
+    return {"commitments": commitments, "awaiting_response": waiting, "reviews_due": reviews}
