@@ -220,7 +220,8 @@ def seal_bundle(for_member: str, seal_keys: list[bytes], meta: dict, raws: list[
     """Seal entries so only the holders of `seal_keys` (X25519 public keys) can open them."""
     if not seal_keys:
         raise Conflict("no device of that member is known here yet, so nothing can be sealed for "
-                       "them: their node must have written something (or synced) that reached yours")
+                       "them: once they have written something (a response, a commitment) that reached "
+                       "your node, their devices' sealing keys are known")
     content_key = ChaCha20Poly1305.generate_key()
     ephemeral = X25519PrivateKey.generate()
     epk = raw_seal_public(ephemeral)
