@@ -60,7 +60,8 @@ def integrity(home) -> str:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 
-def test_acknowledged_writes_survive_sigkill(node_factory, wait_for):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_acknowledged_writes_survive_a_stop_mid_stream(node_factory, wait_for, how):
     node = node_factory.start(name="Ada")
     cid, crew_id = setup_world(node)
     writers = [
@@ -77,7 +78,11 @@ def test_acknowledged_writes_survive_sigkill(node_factory, wait_for):
         return all(len(w.acked) >= 15 for w in writers)
 
     wait_for(enough, timeout=30, message=lambda: f"acks so far {[len(w.acked) for w in writers]}")
-    node.kill()                                            # mid-stream: the writers are still sending
+    if how == "SIGKILL":
+        node.kill()                                        # mid-stream: the writers are still sending
+    else:
+        node.proc.terminate()
+        assert node.proc.wait(timeout=15) == 0, "a clean stop with writes in flight"
     for w in writers:
         w.join(timeout=15)
         assert not w.is_alive()
