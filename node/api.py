@@ -16,7 +16,10 @@ def body() -> dict:
     """The request's JSON object, or a 400 that says what is wrong."""
     if not request.data:
         return {}
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:                      # nested deeper than the parser goes: not "silent"
+        data = None
     if data is None:
         raise Invalid("the request body is not valid JSON")
     if not isinstance(data, dict):

@@ -271,8 +271,9 @@ def _routes(world):
 
 
 @pytest.mark.parametrize("data", [b"{not json", b'{"name": "x"', b"\xff\xfe", b"{'name': 'x'}", b"nul",
-                                  b'{"name": "x"} trailing'],
-                         ids=["brace", "unclosed", "bytes", "single-quotes", "nul", "trailing"])
+                                  b'{"name": "x"} trailing', b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"name": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"],
+                         ids=["brace", "unclosed", "bytes", "single-quotes", "nul", "trailing", "deep", "deep-field"])
 def test_malformed_json_is_refused(ada, world, data):
     before = everything(ada, world)
     for method, path, _ in _routes(world):
