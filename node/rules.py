@@ -41,6 +41,10 @@ def require(condition, message: str) -> None:
 def check_text(value, what: str, limit: int, required: bool = True) -> str:
     """A string field, trimmed, within `limit` characters; returns it."""
     require(isinstance(value, str), f"{what} must be text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:                  # a lone surrogate (JSON "\ud800"): not storable text
+        raise Refused(f"{what} must be valid Unicode text") from None
     value = value.strip()
     require(value or not required, f"{what} must not be empty")
     require(len(value) <= limit, f"{what} is longer than {limit} characters")
