@@ -361,6 +361,14 @@ def test_bad_values_are_refused(ada, world):
         ("POST", f"/api/crews/{crew}/commitments", {"what": "X", "by": "nobody"}),
         ("PATCH", f"/api/commitments/{commitment}", {"status": "finished"}),
         ("PATCH", f"/api/commitments/{commitment}", {"status": ""}),
+        # lone surrogates ("\ud800" in JSON) are not text that can be stored or signed
+        ("PATCH", "/api/me", {"name": "\ud800"}), ("POST", "/api/congregations", {"name": "A\udfffB"}),
+        ("POST", "/api/congregations", {"name": "ok", "purpose": "\ud800"}),
+        ("POST", f"/api/congregations/{cid}/crews", {"name": "\ud800"}),
+        ("POST", f"/api/congregations/{cid}/agreements", {"title": "\ud800"}),
+        ("POST", f"/api/crews/{crew}/agreements", {"title": "ok", "text": "\udc00"}),
+        ("POST", f"/api/agreements/{aid}/responses", {"response": "object", "reason": "\ud800"}),
+        ("POST", f"/api/crews/{crew}/commitments", {"what": "\ud800"}),
     ]
     for bad_date in ("31/12/2026", "2026-02-30", "2026-13-01", "2026-1-1", "2026-W01-1", "20261231", "tomorrow",
                      "2026-12-31T10:00:00"):
