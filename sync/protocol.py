@@ -108,8 +108,9 @@ def offer(service, peer_member: str) -> dict:
     return {"have": vectors(service, shared_docs(service, peer_member))}
 
 
-def missing_for(service, peer_member: str, have: dict, limit: int = BATCH_ENTRIES) -> tuple[list[bytes], bool]:
+def missing_for(service, peer_member: str, have: dict, limit: int | None = None) -> tuple[list[bytes], bool]:
     """Entries the peer lacks, only of documents they may see; (entries, more left)."""
+    limit = BATCH_ENTRIES if limit is None else limit
     out: list[bytes] = []
     size = 0
     for doc in shared_docs(service, peer_member):
