@@ -97,11 +97,37 @@ class Commitment:
 
 @dataclass
 class Member:
-    """A member of a document; `joined` orders the member list."""
+    """A member of a document; `joined` orders the member list.
+
+    Status is the latest of the member's admissions and exits (leave, removal), by the fixed
+    order, so it does not depend on which arrived first.
+    """
 
     id: str
     joined: tuple
     status: str = "active"
+    events: list = field(default_factory=list)         # (order key, "active" | "left" | "removed")
+
+    def settle_status(self) -> None:
+        self.status = max(self.events)[1] if self.events else "active"
+
+
+@dataclass
+class Exit:
+    """A member's leaving or removal: their devices' entries after `devices` (device -> last
+    seq kept; a device not named keeps nothing) are refused, until they are admitted again."""
+
+    key: tuple
+    hash: str
+    member: str
+    kind: str                                           # "left", "removed" or "retired" (one device)
+    devices: dict
+
+    def keeps(self, device: str) -> int | None:
+        """The last seq of `device` this exit keeps; None when it does not concern the device."""
+        if self.kind == "retired":
+            return self.devices.get(device)
+        return self.devices.get(device, 0)
 
 
 class DocState:
@@ -120,6 +146,15 @@ class DocState:
         self.agreements: dict[str, Agreement] = {}
         self.commitments: dict[str, Commitment] = {}
         self.retired_devices: dict[str, int] = {}      # device -> last seq of it that counts
+        self.devices: dict[str, str] = {}               # device -> member, for devices that wrote here
+        self.exits: dict[str, list] = {}                # member -> [Exit]
+        self.readmissions: dict[str, list] = {}         # member -> [(order key, {device: seq})]
+        self.applied_events: set[str] = set()           # exits/readmissions in effect (set by the ledger)
+        self.forks: list[dict] = []                     # evidence of forked device logs (set by the ledger)
+        self.void: dict[str, str] = {}                  # hash -> why a held entry does not count
+        self.void_ids: set[str] = set()                 # agreement/commitment ids defined by void entries
+        self.splits: list[dict] = []                    # congregations split off from this one
+        self.moves: list[tuple] = []                    # (order key, congregation) a crew moved to
         self.vector: dict[str, int] = {}
         self.count = 0
         self.ydoc = Doc()
@@ -134,6 +169,7 @@ class DocState:
         kind = op["t"]
         self.count += 1
         self.vector[entry.device] = max(self.vector.get(entry.device, 0), entry.seq)
+        self.devices[entry.device] = author
         if entry.body:
             self.ydoc.apply_update(entry.body)
         if kind == "genesis":
@@ -147,12 +183,16 @@ class DocState:
             self.invites[op["key"]] = {"expires": op["expires"], "note": op.get("note", ""), "by": author,
                                        "at": entry.at, "used_by": None}
         elif kind == "admit":
+            if op["member"] in self.members:
+                self.readmissions.setdefault(op["member"], []).append((key, op.get("resume") or {}))
             self._admit(op["member"], key)
             self._name(op["member"], key, op.get("name"))
             invite = self.invites.get(op["invite"])
             if invite is not None:
                 invite["used_by"] = op["member"]
         elif kind == "add":
+            if op["member"] in self.members:
+                self.readmissions.setdefault(op["member"], []).append((key, op.get("resume") or {}))
             self._admit(op["member"], key)
         elif kind == "propose":
             agreement = self.agreements.setdefault(op["agreement"], Agreement(op["agreement"]))
@@ -170,14 +210,48 @@ class DocState:
             commitment.creations.append((key, entry, author))
         elif kind == "status":
             self.commitments[op["commitment"]].statuses.append((key, op["status"]))
+        elif kind in ("leave", "cut"):
+            member = author if kind == "leave" else op["member"]
+            self.exits.setdefault(member, []).append(
+                Exit(key, entry.hash, member, "left" if kind == "leave" else "removed", op["devices"]))
+            self.members[member].events.append((key, "left" if kind == "leave" else "removed"))
+            self.members[member].settle_status()
+        elif kind == "split":
+            self.splits.append({"id": op["child"], "name": op.get("name", ""), "members": op.get("members", []),
+                                "crews": op.get("crews", []), "by": author, "at": entry.at})
+        elif kind == "move":
+            self.moves.append((key, op["congregation"]))
+            self.congregation = max(self.moves)[1]
         elif kind == "retire_device":
             cut = self.retired_devices.get(op["device"])
             self.retired_devices[op["device"]] = op["upto"] if cut is None else min(cut, op["upto"])
+            self.exits.setdefault(author, []).append(
+                Exit(key, entry.hash, author, "retired", {op["device"]: op["upto"]}))
 
     def _admit(self, member: str, key: tuple) -> None:
         known = self.members.get(member)
-        if known is None or key < known.joined:
-            self.members[member] = Member(member, key)
+        if known is None:
+            known = self.members[member] = Member(member, key)
+        known.joined = min(known.joined, key)
+        known.events.append((key, "active"))
+        known.settle_status()
+
+    def is_cut(self, member: str, device: str, seq: int) -> str | None:
+        """Why an entry of `member`'s `device` at `seq` falls after their leaving or removal, or None.
+
+        An exit keeps each device's entries up to its recorded seq; an admission after the exit
+        lets the device write again after the seq it had reached when readmitted.
+        """
+        for exit_ in self.exits.get(member, ()):
+            kept = exit_.keeps(device)
+            if kept is None or seq <= kept or exit_.hash not in self.applied_events:
+                continue
+            resumed = any(key > exit_.key and key[1] in self.applied_events and seq > resume.get(device, 0) >= kept
+                          for key, resume in self.readmissions.get(member, ()))
+            if not resumed:
+                return {"left": "written after its author left", "removed": "written after its author was removed",
+                        "retired": "written by a device after it was retired"}[exit_.kind]
+        return None
 
     def _name(self, member: str, key: tuple, name: str | None) -> None:
         if name and (member not in self.names or key > self.names[member][0]):

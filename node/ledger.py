@@ -4,15 +4,24 @@ Checks, in order: shape and size (entries.decode_entry), signature (one per hash
 the device certificate, the device's hash chain, the author's membership and the document's
 rules. An entry whose dependencies are missing waits in `pending`; a bad one is refused with a
 reason and changes nothing.
+
+An entry that is signed and chained but cannot count (written after its author left or was
+removed, on the losing branch of a forked log, or building on such an entry) is *held* as void:
+kept and relayed like any other, never applied. Leaving, removal, readmission and forks change
+which entries count, so they trigger `recompute`: the document's state is computed again from
+every held entry by a fixed procedure, the same on every node whatever order entries arrived in.
 """
+from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .docstate import DocState
+from .docstate import DocState, order_key
 from .entries import EntryError, decode_entry, verify_runs
-from .rules import Pending, Refused, check_genesis, check_op
+from .rules import Pending, Refused, Void, check_genesis, check_op
 
 MAX_PENDING = 200_000
 SNAPSHOT_EVERY = 2_000
+FORKED = "forked log: another entry of this device at the same seq was kept"
+MEMBERSHIP_OPS = {"leave", "cut", "retire_device"}
 
 
 @dataclass
@@ -20,24 +29,26 @@ class IngestResult:
     """What became of a batch of entries."""
 
     accepted: list = field(default_factory=list)
+    void: int = 0
     pending: int = 0
     known: int = 0
     refused: list = field(default_factory=list)      # (hash or None, reason)
 
     def as_dict(self) -> dict:
-        return {"accepted": len(self.accepted), "pending": self.pending, "known": self.known,
+        return {"accepted": len(self.accepted), "void": self.void, "pending": self.pending, "known": self.known,
                 "refused": [{"entry": h, "reason": r} for h, r in self.refused]}
 
 
 class Ledger:
-    """Accepted entries of every document this node holds, and their states."""
+    """Held entries of every document this node holds, and their states."""
 
     def __init__(self, store):
         self.store = store
         self.states: dict[str, DocState] = {}
         self.devices: dict[str, str] = {}                # device id -> member id
-        self.heads: dict[tuple, tuple] = store.heads()   # (doc, device) -> (seq, hash)
+        self.heads: dict[tuple, tuple] = store.heads()   # (doc, device) -> (seq, hash) of the kept branch
         self._since_snapshot: dict[str, int] = {}
+        self._batch: dict[tuple, list] = {}              # (doc, device, seq) -> hashes held in this batch
         self._load()
 
     def _load(self) -> None:
@@ -45,20 +56,28 @@ class Ledger:
             snap = self.store.snapshot(doc)
             upto, state_bytes = snap if snap else (0, None)
             state = None
-            for rowid, author, entry in self.store.entries_of(doc):
+            for rowid, author, entry, status, reason in self.store.held_entries(doc):
+                self.devices[entry.device] = author
                 if state is None:
                     state = DocState(doc, entry)
                     if state_bytes:
                         state.ydoc.apply_update(state_bytes)
+                if status != "accepted":
+                    self._note_void(state, entry, reason)
+                    continue
                 if rowid <= upto:
                     body, entry.body = entry.body, b""   # already in the snapshot
                     state.apply(entry, author)
                     entry.body = body
                 else:
                     state.apply(entry, author)
-                self.devices[entry.device] = author
-            if state is not None:
-                self.states[doc] = state
+            if state is None:
+                continue
+            self.states[doc] = state
+            # What was stored came out of a full recompute, so every event held is in effect.
+            state.applied_events = {h for _, h in membership_events(state)}
+            if self.store.has_void(doc, FORKED):
+                self.recompute(doc)
 
     # -- accepting ---------------------------------------------------------------------------
 
@@ -95,35 +114,44 @@ class Ledger:
             entry = decode_entry(raw)
             waiting[entry.hash] = entry
         candidates = {**waiting, **fresh}
-        accepted, reasons = self._settle(candidates, result)
-        for h, reason in reasons.items():
-            if h in fresh:
-                result.pending += 1
-        self._commit(accepted, reasons, candidates, set(waiting))
-        result.accepted = [e for e, _ in accepted]
+        decided, reasons, recompute = self._settle(candidates, result)
+        result.pending = sum(1 for h in reasons if h in fresh)
+        self._commit(decided, reasons, candidates, set(waiting))
+        result.accepted = [e for e, _, why in decided if why is None]
+        result.void = sum(1 for _, _, why in decided if why is not None)
+        for doc in recompute:
+            self.recompute(doc)
         return result
 
     def append(self, entry) -> None:
         """Check and store one entry written here; raises Refused with the reason."""
-        accepted, reasons = self._settle({entry.hash: entry}, IngestResult(), strict=True)
-        if not accepted:
-            raise Refused(next(iter(reasons.values()), "the entry was not accepted"))
-        self._commit(accepted, {}, {}, set())
+        decided, reasons, recompute = self._settle({entry.hash: entry}, IngestResult(), strict=True)
+        if not decided or decided[0][2] is not None:
+            why = decided[0][2] if decided else next(iter(reasons.values()), "the entry was not accepted")
+            raise Refused(why)
+        self._commit(decided, {}, {}, set())
+        for doc in recompute:
+            self.recompute(doc)
         if self.store.pending_raw([entry.doc]):          # some may have waited for this one (an admission)
             self.ingest([], retry_docs=[entry.doc])
 
     def _settle(self, candidates: dict, result: IngestResult, strict: bool = False):
-        """Accept what can be accepted, repeating while acceptance unlocks more."""
+        """Decide what can be decided, repeating while each decision unlocks more.
+
+        Returns ([(entry, author, void reason or None)], {hash: why still waiting}, docs to recompute).
+        """
         remaining = sorted(candidates.values(), key=lambda e: (not e.is_genesis, e.at, e.seq))
-        accepted: list[tuple] = []
+        decided: list[tuple] = []
         reasons: dict[str, str] = {}
+        recompute: set[str] = set()
+        self._batch = {}
         progress = True
         while remaining and progress:
             progress = False
             still = []
             for entry in remaining:
                 try:
-                    author = self._decide(entry)
+                    author, why, again = self._decide(entry)
                 except Pending as exc:
                     if strict:
                         raise Refused(str(exc)) from None
@@ -132,7 +160,7 @@ class Ledger:
                     continue
                 except (Refused, TypeError, KeyError, AttributeError) as exc:
                     if strict:
-                        raise
+                        raise Refused(str(exc)) from None
                     # a rule tripping over a malformed field of a received entry is a refusal too
                     reason = str(exc) if isinstance(exc, Refused) else f"malformed operation ({exc!r})"
                     result.refused.append((entry.hash, reason))
@@ -140,49 +168,82 @@ class Ledger:
                     continue
                 if author is None:                         # already held
                     result.known += 1
+                    reasons.pop(entry.hash, None)
                     continue
-                self._accept(entry, author)
-                accepted.append((entry, author))
+                self._hold(entry, author, why)
+                decided.append((entry, author, why))
                 reasons.pop(entry.hash, None)
+                if again:
+                    recompute.add(entry.doc)
                 progress = True
             remaining = still
-        return accepted, {e.hash: reasons[e.hash] for e in remaining}
+        self._batch = {}
+        return decided, {e.hash: reasons[e.hash] for e in remaining}, recompute
 
-    def _decide(self, entry) -> str | None:
-        """The author of an acceptable entry; None if held already; else Pending/Refused."""
+    def doc_heads(self, doc: str) -> dict[str, tuple]:
+        """device -> (seq, hash) at the end of its kept branch, for one document."""
+        return {dev: head for (d, dev), head in self.heads.items() if d == doc}
+
+    def _held_at(self, doc: str, device: str, seq: int) -> list[str]:
+        return self.store.hashes_at(doc, device, seq) + self._batch.get((doc, device, seq), [])
+
+    def _decide(self, entry) -> tuple:
+        """(author, void reason or None, recompute?) for an entry to hold; (None, ..) if held
+        already; else raises Pending or Refused."""
         if entry.is_genesis:
             check_genesis(entry)
-            return None if entry.hash in self.states else entry.cert["person"]
+            return (None, None, False) if entry.hash in self.states else (entry.cert["person"], None, False)
         state = self.states.get(entry.doc)
         if state is None:
             raise Pending("its document has not arrived")
-        head = self.heads.get((entry.doc, entry.device), (0, ""))
-        if entry.seq <= head[0]:
-            held = self.store.hash_at(entry.doc, entry.device, entry.seq)
-            if held == entry.hash or held is None:
-                return None
-            raise Refused(f"forked log: device {entry.device[:8]} already wrote another entry at seq {entry.seq}")
-        if entry.seq > head[0] + 1:
+        key = (entry.doc, entry.device)
+        head = self.heads.get(key, (0, ""))
+        if entry.hash in self._held_at(entry.doc, entry.device, entry.seq):
+            return None, None, False
+        if entry.seq > 1 and entry.prev != head[1] and entry.prev not in self._held_at(entry.doc, entry.device, entry.seq - 1):
+            if self._held_at(entry.doc, entry.device, entry.seq - 1):
+                raise Refused("broken hash chain: prev matches no entry of this device")
             raise Pending(f"entries before seq {entry.seq} of this device have not arrived")
-        if entry.prev != head[1]:
-            raise Refused("broken hash chain: prev does not match the device's previous entry")
         author = entry.cert["person"] if entry.cert else self.devices.get(entry.device)
         if author is None:
             raise Pending("the certificate of this device has not arrived")
-        if entry.cert is None and entry.seq == 1:
-            raise Refused("a device's first entry must carry its certificate")
-        check_op(entry, author, state)
-        return author
+        if entry.cert is not None and entry.cert["person"] != self.devices.get(entry.device, author):
+            raise Refused("this device is certified for another member")
+        if entry.seq <= head[0]:
+            return author, FORKED, True                 # a second entry at a seq: settle the fork
+        if entry.seq != head[0] + 1 or entry.prev != head[1]:
+            return author, FORKED, False                # continues a branch that was not kept
+        try:
+            check_op(entry, author, state)
+        except Void as exc:
+            return author, str(exc), False
+        op = entry.op
+        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and op.get("member") in state.exits)
+        return author, None, again
 
-    def _accept(self, entry, author: str) -> None:
+    def _hold(self, entry, author: str, why: str | None) -> None:
+        """Take a decided entry into the state (or note it as void) and onto its device's branch."""
         if entry.is_genesis:
             self.states[entry.hash] = DocState(entry.hash, entry)
-        self.states[entry.doc].apply(entry, author)
-        self.heads[(entry.doc, entry.device)] = (entry.seq, entry.hash)
+        state = self.states[entry.doc]
         self.devices[entry.device] = author
+        self._batch.setdefault((entry.doc, entry.device, entry.seq), []).append(entry.hash)
+        if why != FORKED:
+            self.heads[(entry.doc, entry.device)] = (entry.seq, entry.hash)
+        if why is None:
+            state.apply(entry, author)
+        else:
+            self._note_void(state, entry, why)
 
-    def _commit(self, accepted, reasons, candidates, was_pending: set) -> None:
-        rows = [(e.hash, e.doc, e.device, e.seq, author, e.at, e.op["t"], e.raw) for e, author in accepted]
+    @staticmethod
+    def _note_void(state: DocState, entry, why: str) -> None:
+        state.void[entry.hash] = why
+        if entry.op.get("t") in ("propose", "commit"):
+            state.void_ids.add(entry.op.get("agreement") or entry.op.get("commitment"))
+
+    def _commit(self, decided, reasons, candidates, was_pending: set) -> None:
+        rows = [(e.hash, e.doc, e.device, e.seq, author, e.at, e.op["t"], e.raw,
+                 "accepted" if why is None else "void", why) for e, author, why in decided]
         newly_waiting = [(h, candidates[h].doc, candidates[h].raw, reason, candidates[h].at)
                          for h, reason in reasons.items() if h not in was_pending]
         done = [h for h in was_pending if h not in reasons]
@@ -191,11 +252,54 @@ class Ledger:
             self.store.insert_entries(rows)
             self.store.add_pending(newly_waiting[:max(room, 0)])
             self.store.drop_pending(done)
-        for entry, _ in accepted:
+        for entry, _, _ in decided:
             self._since_snapshot[entry.doc] = self._since_snapshot.get(entry.doc, 0) + 1
         for doc, count in list(self._since_snapshot.items()):
             if count >= SNAPSHOT_EVERY:
                 self.snapshot(doc)
+
+    # -- recomputing -------------------------------------------------------------------------
+
+    def recompute(self, doc: str) -> DocState:
+        """Compute a document's state again from every entry held, and store what counts.
+
+        1. Each device's log keeps one branch: at every fork, the entry with the lowest hash.
+        2. Leaving, removal and readmission take effect one at a time in the fixed order
+           (time, then hash); after each, entries are decided again from scratch, so an exit
+           whose own evidence stopped counting is dropped and nothing depends on arrival order.
+        """
+        held = [(entry, author) for _, author, entry, _, _ in self.store.held_entries(doc)]
+        authors = {e.hash: a for e, a in held}
+        genesis = next(e for e, _ in held if e.is_genesis)
+        kept, forks = kept_branches([e for e, _ in held], authors)
+        kept = [e for e in kept if not e.is_genesis]
+        applied: list[str] = []
+        for _ in range(4 * sum(1 for e in kept if e.op.get("t") in MEMBERSHIP_OPS | {"admit", "add"}) + 4):
+            state, verdicts = replay(doc, genesis, authors, kept, set(applied))
+            events = sorted(membership_events(state), key=lambda ev: ev[0])
+            live = {ev[1] for ev in events}
+            still = [h for h in applied if h in live]
+            if still != applied:
+                applied = still
+                continue
+            fresh = [ev[1] for ev in events if ev[1] not in applied]
+            if not fresh:
+                break
+            applied.append(fresh[0])
+        state.forks = forks
+        for entry in (e for e, _ in held if not e.is_genesis and e.hash not in verdicts):
+            verdicts[entry.hash] = FORKED
+        for entry_hash, why in verdicts.items():
+            if why is not None:
+                state.void[entry_hash] = why
+        with self.store.atomic():
+            self.store.set_statuses(verdicts)
+            self.store.drop_snapshot(doc)
+        self.states[doc] = state
+        for key in [k for k in self.heads if k[0] == doc]:
+            del self.heads[key]
+        self.heads.update(branch_heads([genesis, *kept]))
+        return state
 
     def snapshot(self, doc: str | None = None) -> None:
         """Save pycrdt snapshots (of one or all documents) so the next start skips replay."""
@@ -204,3 +308,96 @@ class Ledger:
             state = self.states[doc_id]
             self.store.save_snapshot(doc_id, upto, state.ydoc.get_update())
             self._since_snapshot[doc_id] = 0
+
+
+def kept_branches(entries: list, authors: dict) -> tuple[list, list]:
+    """The entries on each device's kept branch, and evidence of every fork found.
+
+    At each seq where a device's log splits, the entry with the lowest hash is kept: a fixed
+    rule, so every node keeps the same branch.
+    """
+    by_device: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+    for entry in entries:
+        by_device[entry.device][entry.prev].append(entry)
+    kept, forks = [], []
+    for device, children in by_device.items():
+        prev, seq = "", 1
+        while True:
+            options = sorted((e for e in children.get(prev, []) if e.seq == seq), key=lambda e: e.hash)
+            if not options:
+                break
+            if len(options) > 1:
+                forks.append({"device": device, "member": authors.get(options[0].hash), "seq": seq,
+                              "kept": options[0].hash, "dropped": [e.hash for e in options[1:]],
+                              "entries": [_evidence(e) for e in options]})
+            kept.append(options[0])
+            prev, seq = options[0].hash, seq + 1
+    return kept, forks
+
+
+def _evidence(entry) -> dict:
+    from .ids import b64
+    return {"hash": entry.hash, "seq": entry.seq, "at": entry.at, "op": entry.op.get("t"), "raw": b64(entry.raw)}
+
+
+def branch_heads(kept: list) -> dict:
+    """(doc, device) -> (seq, hash) of each kept branch's last entry."""
+    heads: dict[tuple, tuple] = {}
+    for entry in kept:
+        key = (entry.doc, entry.device)
+        if entry.seq > heads.get(key, (0, ""))[0]:
+            heads[key] = (entry.seq, entry.hash)
+    return heads
+
+
+def membership_events(state: DocState) -> list[tuple]:
+    """(order key, hash) of every accepted exit and readmission of a document."""
+    events = [(x.key, x.hash) for exits in state.exits.values() for x in exits]
+    events += [(key, key[1]) for readmits in state.readmissions.values() for key, _ in readmits]
+    return events
+
+
+def replay(doc: str, genesis, authors: dict, kept: list, applied: set) -> tuple[DocState, dict]:
+    """Decide every kept entry from scratch with the given membership events in effect.
+
+    Returns the state and {hash: void reason or None}. An entry that can no longer be decided
+    (what it needs does not count any more) is void, and its device's later entries go on.
+    """
+    state = DocState(doc, genesis)
+    state.applied_events = applied
+    state.apply(genesis, authors[genesis.hash])
+    verdicts: dict[str, str | None] = {genesis.hash: None}
+    done: dict[str, int] = defaultdict(int)
+    done[genesis.device] = 1
+    remaining = sorted(kept, key=lambda e: (e.at, e.seq, e.hash))
+    while remaining:
+        progress, still = False, []
+        for entry in remaining:
+            if entry.seq != done[entry.device] + 1:
+                still.append(entry)
+                continue
+            author = authors[entry.hash]
+            try:
+                check_op(entry, author, state)
+            except Pending:
+                still.append(entry)
+                continue
+            except (Void, Refused, TypeError, KeyError, AttributeError) as exc:
+                verdicts[entry.hash] = str(exc)
+                Ledger._note_void(state, entry, str(exc))
+            else:
+                state.apply(entry, author)
+                verdicts[entry.hash] = None
+            done[entry.device] = entry.seq
+            progress = True
+        if not progress:
+            stuck = [e for e in still if e.seq == done[e.device] + 1]
+            for entry in stuck:
+                why = "it depends on an entry that does not count"
+                verdicts[entry.hash] = why
+                Ledger._note_void(state, entry, why)
+                done[entry.device] = entry.seq
+            if not stuck:
+                break
+        remaining = [e for e in still if e.hash not in verdicts]
+    return state, verdicts

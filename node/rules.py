@@ -32,6 +32,15 @@ class Pending(Exception):
     """An entry whose dependencies (an author's admission, an agreement) have not arrived."""
 
 
+class Void(Exception):
+    """A signed, well-chained entry that cannot count: it was written after its author left or
+    was removed, lies on the losing branch of a forked log, or builds on such an entry.
+
+    Unlike a refused entry it is kept and relayed, so that every node holds the same entries
+    and so decides the same; it just never enters the state.
+    """
+
+
 def require(condition, message: str) -> None:
     """Refuse with `message` unless `condition` holds."""
     if not condition:
@@ -111,10 +120,14 @@ def check_op(entry, author: str, state) -> None:
     kind = op["t"]
     check = OPS.get((state.type, kind)) or OPS.get(("*", kind))
     require(check is not None, f"operation {kind!r} does not exist in a {state.type}")
-    cut = state.retired_devices.get(entry.device)
-    require(cut is None or entry.seq <= cut, "this device was retired by its member: its later entries are refused")
     if author not in state.members:
         raise Pending(f"author {author} is not (yet) a member of this {state.type}")
+    why = state.is_cut(author, entry.device, entry.seq)
+    if why:
+        raise Void(why)
+    for ref in ("agreement", "commitment"):
+        if op.get(ref) in state.void_ids and kind not in ("propose", "commit"):
+            raise Void(f"it builds on an entry that does not count (its {ref} was written after its author left or was removed)")
     check(entry, author, state)
 
 
@@ -154,6 +167,9 @@ def _admit(entry, author, state):
 
 def _propose(entry, author, state):
     op = entry.op
+    if op.get("kind") == "removal":
+        subject = op.get("subject")
+        require(subject != author, "you cannot propose your own removal: leave instead")
     require(isinstance(op.get("agreement"), str) and 8 <= len(op["agreement"]) <= 64, "agreement id is malformed")
     require(op.get("kind", "agreement") in AGREEMENT_KINDS, "unknown agreement kind")
     check_text(op.get("title"), "title", MAX_TITLE)
@@ -249,6 +265,58 @@ def _retire_device(entry, author, state):
             "the retirement is not signed by the member's person key")
 
 
+def _leave(entry, author, state):
+    devices = entry.op.get("devices")
+    _check_devices(devices)
+    require(devices.get(entry.device) == entry.seq, "a leave keeps the leaving device's entries up to itself")
+
+
+def _check_devices(devices) -> None:
+    require(isinstance(devices, dict) and len(devices) <= 1000, "devices must map device ids to seqs")
+    for device, seq in devices.items():
+        require(isinstance(device, str) and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0,
+                "devices must map device ids to seqs")
+
+
+def _cut(entry, author, state):
+    """A removal takes effect: allowed only with proof that the removal round was agreed."""
+    op = entry.op
+    agreement = _agreement(state, op)
+    require(agreement.kind == "removal" and agreement.subject == op.get("member"),
+            "a cut must name the member its removal agreement is about")
+    _check_devices(op.get("devices"))
+    evidence = op.get("evidence")
+    require(isinstance(evidence, dict), "a cut carries the evidence of consent")
+    for member in agreement.entitled:
+        proof = evidence.get(member)
+        require(isinstance(proof, str), f"the cut lacks evidence for {member[:8]}")
+        if not _consented(agreement, member, proof) and not _exited(state, member, proof):
+            raise Pending("the responses that agreed this removal have not all arrived")
+
+
+def _consented(agreement, member: str, proof: str) -> bool:
+    for (version, key), (response, _) in agreement.responses.get(member, {}).items():
+        if key[1] == proof:
+            return version == agreement.first[1].hash and response in ("consent", "stand_aside")
+    return False
+
+
+def _exited(state, member: str, proof: str) -> bool:
+    return any(e.hash == proof for e in state.exits.get(member, ()))
+
+
+def _split(entry, author, state):
+    op = entry.op
+    require(isinstance(op.get("child"), str) and len(op["child"]) == 64, "a split names the new congregation")
+    for member in op.get("members", []):
+        check_member_id(member)
+
+
+def _move(entry, author, state):
+    require(isinstance(entry.op.get("congregation"), str) and len(entry.op["congregation"]) == 64,
+            "a crew moves to a congregation id")
+
+
 OPS = {
     ("*", "name"): _name,
     ("*", "meta"): _meta,
@@ -258,6 +326,10 @@ OPS = {
     ("*", "retire"): _retire,
     ("*", "device"): _device,
     ("*", "retire_device"): _retire_device,
+    ("*", "leave"): _leave,
+    ("*", "cut"): _cut,
+    ("congregation", "split"): _split,
+    ("crew", "move"): _move,
     ("congregation", "invite"): _invite,
     ("congregation", "admit"): _admit,
     ("crew", "add"): _add,

@@ -32,6 +32,8 @@ class Store:
                 "kind": str, "raw": bytes, "status": str,
             }, pk="hash")
             db["entries"].create_index(["doc", "device", "seq"])
+        if "reason" not in db["entries"].columns_dict:
+            db["entries"].add_column("reason", str)
         if "pending" not in db.table_names():
             db["pending"].create({"hash": str, "doc": str, "raw": bytes, "reason": str, "received": int}, pk="hash")
             db["pending"].create_index(["doc"])
@@ -51,10 +53,31 @@ class Store:
     # -- entries ---------------------------------------------------------------------------
 
     def insert_entries(self, rows: list[tuple]) -> None:
-        """Insert accepted entries: (hash, doc, device, seq, author, at, kind, raw)."""
+        """Insert held entries: (hash, doc, device, seq, author, at, kind, raw, status, reason)."""
         self.db.conn.executemany(
-            "INSERT OR IGNORE INTO entries (hash, doc, device, seq, author, at, kind, raw, status)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted')", rows)
+            "INSERT OR IGNORE INTO entries (hash, doc, device, seq, author, at, kind, raw, status, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def set_statuses(self, verdicts: dict) -> None:
+        """Record, after a recompute, which held entries count: {hash: None or why not}."""
+        self.db.conn.executemany(
+            "UPDATE entries SET status = ?, reason = ? WHERE hash = ?",
+            [("accepted" if why is None else "void", why, h) for h, why in verdicts.items()])
+
+    def status_of(self, entry_hash: str) -> tuple | None:
+        """(status, reason) of a held entry, or None."""
+        row = self.db.execute("SELECT status, reason FROM entries WHERE hash = ?", [entry_hash]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def hashes_at(self, doc: str, device: str, seq: int) -> list[str]:
+        """Hashes of every held entry at (doc, device, seq): more than one means a forked log."""
+        return [r[0] for r in self.db.execute(
+            "SELECT hash FROM entries WHERE doc = ? AND device = ? AND seq = ?", [doc, device, seq])]
+
+    def has_void(self, doc: str, reason: str) -> bool:
+        """True when the document holds a void entry for that reason."""
+        return self.db.execute("SELECT 1 FROM entries WHERE doc = ? AND reason = ? LIMIT 1",
+                               [doc, reason]).fetchone() is not None
 
     def has(self, entry_hash: str) -> bool:
         """True when the entry is accepted here."""
@@ -72,11 +95,17 @@ class Store:
             "SELECT doc FROM entries WHERE seq = 1 AND hash = doc ORDER BY rowid")]
 
     def entries_of(self, doc: str, after_rowid: int = 0):
-        """(rowid, author, Entry) of a document's accepted entries, in the order they were stored."""
-        for rowid, author, raw in self.db.execute(
-                "SELECT rowid, author, raw FROM entries WHERE doc = ? AND rowid > ? ORDER BY rowid",
+        """(rowid, author, Entry) of a document's held entries, in stored order."""
+        for rowid, author, entry, _, _ in self.held_entries(doc, after_rowid):
+            yield rowid, author, entry
+
+    def held_entries(self, doc: str, after_rowid: int = 0):
+        """(rowid, author, Entry, status, reason) of a document's held entries, in stored order;
+        status is "accepted", or "void" with the reason it does not count."""
+        for rowid, author, raw, status, reason in self.db.execute(
+                "SELECT rowid, author, raw, status, reason FROM entries WHERE doc = ? AND rowid > ? ORDER BY rowid",
                 [doc, after_rowid]):
-            yield rowid, author, decode_entry(raw)
+            yield rowid, author, decode_entry(raw), status, reason
 
     def raw_after(self, doc: str, vector: dict[str, int], limit: int | None = None) -> list[bytes]:
         """Raw entries of `doc` beyond `vector` (device -> highest seq), in log order."""
@@ -108,6 +137,11 @@ class Store:
             " WHERE e.doc = ? AND e.seq > COALESCE(v.seq, 0) ORDER BY e.rowid LIMIT ?", [doc, limit])
         return [r[0] for r in rows]
 
+    def device_entries(self, doc: str, device: str) -> list[bytes]:
+        """Every held entry of one device in a document, every branch, in stored order."""
+        return [r[0] for r in self.db.execute(
+            "SELECT raw FROM entries WHERE doc = ? AND device = ? ORDER BY rowid", [doc, device])]
+
     def vector(self, doc: str) -> dict[str, int]:
         """device -> highest accepted seq, for one document."""
         return dict(self.db.execute(
@@ -120,10 +154,12 @@ class Store:
             [doc, limit]).fetchall()
 
     def heads(self) -> dict[tuple, tuple]:
-        """(doc, device) -> (seq, hash) of each log's newest accepted entry."""
+        """(doc, device) -> (seq, hash) of the newest entry on each log's kept branch."""
+        kept = "NOT (status = 'void' AND reason LIKE 'forked log%')"
         rows = self.db.execute(
-            "SELECT e.doc, e.device, e.seq, e.hash FROM entries e JOIN (SELECT doc, device, MAX(seq) AS seq"
-            " FROM entries GROUP BY doc, device) m ON e.doc = m.doc AND e.device = m.device AND e.seq = m.seq")
+            f"SELECT e.doc, e.device, e.seq, e.hash FROM entries e JOIN (SELECT doc, device, MAX(seq) AS seq"
+            f" FROM entries WHERE {kept} GROUP BY doc, device) m"
+            f" ON e.doc = m.doc AND e.device = m.device AND e.seq = m.seq WHERE {kept}")
         return {(doc, device): (seq, h) for doc, device, seq, h in rows}
 
     def max_rowid(self) -> int:
@@ -160,6 +196,10 @@ class Store:
         """Keep a document's pycrdt state as of entry rowid `upto`, so start-up skips replay."""
         self.db.execute("INSERT OR REPLACE INTO snapshots (doc, upto, state, facts) VALUES (?, ?, ?, '')",
                         [doc, upto, state])
+
+    def drop_snapshot(self, doc: str) -> None:
+        """Forget a snapshot that no longer matches what counts."""
+        self.db.execute("DELETE FROM snapshots WHERE doc = ?", [doc])
 
     def snapshot(self, doc: str) -> tuple[int, bytes] | None:
         """(upto, state) of a document's snapshot, if any."""

@@ -99,27 +99,73 @@ def shared_docs(service, peer_member: str) -> list[str]:
 
 
 def vectors(service, docs) -> dict[str, dict[str, int]]:
-    """My version vectors for `docs` (empty for a document I do not hold)."""
-    return {doc: dict(service.states[doc].vector) if doc in service.states else {} for doc in docs}
+    """My version vectors for `docs`: device -> last seq held on its kept branch (void entries
+    count: they are held and relayed too). Empty for a document I do not hold."""
+    return {doc: {dev: seq for dev, (seq, _) in service.ledger.doc_heads(doc).items()} for doc in docs}
+
+
+def heads(service, docs) -> dict[str, dict[str, str]]:
+    """The hash at the end of each device's kept branch: a peer whose branch differs has a fork."""
+    return {doc: {dev: h for dev, (_, h) in service.ledger.doc_heads(doc).items()} for doc in docs}
+
+
+def summary(service, docs) -> dict:
+    """Vectors and branch heads of `docs`, as one side tells the other."""
+    docs = list(docs)
+    return {"have": vectors(service, docs), "heads": heads(service, docs)}
 
 
 def offer(service, peer_member: str) -> dict:
-    """The client's opening: my vectors for everything the peer may see."""
-    return {"have": vectors(service, shared_docs(service, peer_member))}
+    """The client's opening: my summary of everything the peer may see."""
+    return summary(service, shared_docs(service, peer_member))
 
 
-def missing_for(service, peer_member: str, have: dict, limit: int | None = None) -> tuple[list[bytes], bool]:
+def check_heads(value) -> dict[str, dict[str, str]]:
+    """A {doc: {device: hash}} map from a peer, shape-checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_DOCS:
+        raise ProtocolError("heads must be a map of documents")
+    for doc, devices in value.items():
+        if not isinstance(devices, dict) or len(devices) > MAX_DEVICES or \
+                not all(isinstance(d, str) and isinstance(h, str) and len(h) == 64 for d, h in devices.items()):
+            raise ProtocolError("a document's heads are malformed")
+    return value
+
+
+def forked_devices(service, doc: str, their_vector: dict, their_heads: dict) -> list[str]:
+    """Devices whose branch the peer holds differs from mine: they need every branch I hold."""
+    out = []
+    mine = service.ledger.doc_heads(doc)
+    for device, their_hash in their_heads.items():
+        if mine.get(device, (0, ""))[1] == their_hash:
+            continue
+        status = service.store.status_of(their_hash)
+        if status is not None:
+            if status[1] and status[1].startswith("forked log"):
+                out.append(device)
+        elif service.store.hashes_at(doc, device, their_vector.get(device, 0)):
+            out.append(device)
+    return out
+
+
+def missing_for(service, peer_member: str, have: dict, limit: int | None = None,
+                their_heads: dict | None = None) -> tuple[list[bytes], bool]:
     """Entries the peer lacks, only of documents they may see; (entries, more left)."""
     limit = BATCH_ENTRIES if limit is None else limit
+    their_heads = their_heads or {}
     out: list[bytes] = []
     size = 0
     for doc in shared_docs(service, peer_member):
         if len(out) >= limit or size >= BATCH_BYTES:
             return out, True
         vector = have.get(doc, {})
-        if vector == service.states[doc].vector:
+        batch = []
+        for device in forked_devices(service, doc, vector, their_heads.get(doc, {})):
+            batch.extend(service.store.device_entries(doc, device))
+        if not batch and vector == vectors(service, [doc])[doc]:
             continue
-        batch = service.store.missing(doc, vector, limit - len(out) + 1)
+        batch += service.store.missing(doc, vector, limit - len(out) + 1)
         for raw in batch:
             if len(out) >= limit or size + len(raw) > BATCH_BYTES:
                 return out, True
@@ -131,12 +177,12 @@ def missing_for(service, peer_member: str, have: dict, limit: int | None = None)
 def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
     """The server's answer to an exchange: what the client lacks, and my vectors."""
     have = check_vectors(meta.get("have", {}))
-    entries, more = missing_for(service, peer_member, have)
+    entries, more = missing_for(service, peer_member, have, their_heads=check_heads(meta.get("heads")))
     # Receiving is safe from anyone (every entry is checked on its own signature and author), so
     # the client may push any document it offered, even one whose news has not reached me yet
     # that it is a member (it may be carrying its own admission).
-    want = vectors(service, list(have))
-    return pack({"more": more, "want": want}, entries)
+    want = summary(service, list(have))
+    return pack({"more": more, "want": want["have"], "want_heads": want["heads"]}, entries)
 
 
 def take_entries(service, entries: list[bytes], allowed_docs=None):
@@ -153,9 +199,10 @@ def receive_push(service, peer_member: str, meta: dict, entries: list[bytes]) ->
         raise ProtocolError("docs must be a list of document ids")
     allowed = {d for d in docs if isinstance(d, str)}
     result = take_entries(service, entries, allowed)
-    return pack({"accepted": len(result.accepted), "pending": result.pending,
+    want = summary(service, sorted(allowed))
+    return pack({"accepted": len(result.accepted) + result.void, "pending": result.pending,
                  "refused": [reason for _, reason in result.refused][:20],
-                 "want": vectors(service, sorted(allowed))})
+                 "want": want["have"], "want_heads": want["heads"]})
 
 
 def serve(service, peer_member: str, name: str, body: bytes) -> bytes:
@@ -177,20 +224,23 @@ def run_exchange(run, peer_member: str, remote) -> tuple[int, int]:
     """
     received = sent = 0
     want: dict = {}
+    want_heads: dict = {}
     for _ in range(MAX_ROUNDS):
         reply_meta, entries = unpack(remote("exchange", pack(run(offer, peer_member))))
         result = run(take_entries, entries)
-        received += len(result.accepted)
+        received += len(result.accepted) + result.void
         want = check_vectors(reply_meta.get("want", {}))
-        if not reply_meta.get("more") or not result.accepted:
+        want_heads = check_heads(reply_meta.get("want_heads"))
+        if not reply_meta.get("more") or not (result.accepted or result.void):
             break
     for _ in range(MAX_ROUNDS):
-        entries, more = run(missing_for, peer_member, want)
+        entries, more = run(missing_for, peer_member, want, None, want_heads)
         if not entries:
             break
         reply_meta, _ = unpack(remote("push", pack({"docs": sorted(want)}, entries)))
         sent += int(reply_meta.get("accepted", 0))
         want = check_vectors(reply_meta.get("want", {}))
+        want_heads = check_heads(reply_meta.get("want_heads"))
         if not more or not reply_meta.get("accepted"):
             break
     return received, sent
