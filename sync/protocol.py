@@ -201,7 +201,7 @@ def receive_push(service, peer_member: str, meta: dict, entries: list[bytes]) ->
     result = take_entries(service, entries, allowed)
     want = summary(service, sorted(allowed))
     return pack({"accepted": len(result.accepted) + result.void, "pending": result.pending,
-                 "refused": [reason for _, reason in result.refused][:20],
+                 "known": result.known, "refused": [reason for _, reason in result.refused][:20],
                  "want": want["have"], "want_heads": want["heads"]})
 
 
