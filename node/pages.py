@@ -406,7 +406,9 @@ def render_peers(form=None, error=None, status=200):
 
 
 def render_settings(form=None, error=None, status=200):
-    data = {"me": node().call(Service.me_view), "saved": request.args.get("note") == "name"}
+    data = {"me": node().call(Service.me_view), "saved": request.args.get("note") == "name",
+            "devices_url": url_for("carry_pages.devices_page") if "carry_pages.devices_page" in current_app.view_functions
+            else None}
     return _render("settings.html", data, form, error, status, live_url=url_for(".settings"))
 
 

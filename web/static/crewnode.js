@@ -19,7 +19,7 @@
 
   function filters(root) {
     root.querySelectorAll("[data-filterable]").forEach(function (list) {
-      if (list.children.length < 12 || list.previousElementSibling && list.previousElementSibling.classList.contains("filter")) return;
+      if (list.children.length < 12 || (list.previousElementSibling && list.previousElementSibling.classList.contains("filter"))) return;
       var id = list.id + "-filter";
       var box = document.createElement("div");
       box.className = "filter";
