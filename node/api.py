@@ -121,6 +121,42 @@ def _propose(doc_id):
                        data.get("review_by")), 201
 
 
+@api.post("/congregations/<doc_id>/leave")
+def leave_congregation(doc_id):
+    node().call(Service.congregation_state, doc_id)
+    return node().call(Service.leave, doc_id)
+
+
+@api.post("/crews/<doc_id>/leave")
+def leave_crew(doc_id):
+    node().call(Service.crew_state, doc_id)
+    return node().call(Service.leave, doc_id)
+
+
+@api.post("/congregations/<doc_id>/removals")
+def propose_removal_in_congregation(doc_id):
+    node().call(Service.congregation_state, doc_id)
+    return _propose_removal(doc_id)
+
+
+@api.post("/crews/<doc_id>/removals")
+def propose_removal_in_crew(doc_id):
+    node().call(Service.crew_state, doc_id)
+    return _propose_removal(doc_id)
+
+
+def _propose_removal(doc_id):
+    data = body()
+    return node().call(Service.propose_removal, doc_id, field(data, "member_id"), field(data, "reason")), 201
+
+
+@api.post("/congregations/<cid>/fork")
+def fork_congregation(cid):
+    data = body()
+    return node().call(Service.fork_congregation, cid, field(data, "name"), data.get("crews", []),
+                       data.get("members", [])), 201
+
+
 @api.get("/agreements/<aid>")
 def get_agreement(aid):
     return node().call(Service.agreement_view, aid)

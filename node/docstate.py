@@ -122,12 +122,29 @@ class Exit:
     member: str
     kind: str                                           # "left", "removed" or "retired" (one device)
     devices: dict
+    agreement: str | None = None                        # the removal agreement a cut carries out
 
     def keeps(self, device: str) -> int | None:
         """The last seq of `device` this exit keeps; None when it does not concern the device."""
         if self.kind == "retired":
             return self.devices.get(device)
         return self.devices.get(device, 0)
+
+
+def membership_event(entry, author: str):
+    """("exit" | "readmit", member, Exit or (order key, resume)) for a leave, cut, device
+    retirement or readmission entry; None for any other."""
+    op, key = entry.op, order_key(entry)
+    kind = op.get("t")
+    if kind == "leave":
+        return "exit", author, Exit(key, entry.hash, author, "left", op["devices"])
+    if kind == "cut":
+        return "exit", op["member"], Exit(key, entry.hash, op["member"], "removed", op["devices"], op.get("agreement"))
+    if kind == "retire_device":
+        return "exit", author, Exit(key, entry.hash, author, "retired", {op["device"]: op["upto"]})
+    if kind in ("admit", "add") and "resume" in op:
+        return "readmit", op["member"], (key, op["resume"])
+    return None
 
 
 class DocState:
@@ -139,7 +156,9 @@ class DocState:
         op = genesis.op
         self.type: str = op["type"]
         self.congregation: str | None = op.get("congregation")
-        self.forked_from = op.get("forked_from")
+        self.lineage = op.get("forked_from")           # {"id", "name", "vector"} of the parent, if forked
+        self.forked_from = self.lineage["id"] if self.lineage else None
+        self.inherited = op.get("inherited", [])
         self.members: dict[str, Member] = {}
         self.names: dict[str, tuple] = {}              # member -> (order key, name)
         self.invites: dict[str, dict] = {}
@@ -149,7 +168,10 @@ class DocState:
         self.devices: dict[str, str] = {}               # device -> member, for devices that wrote here
         self.exits: dict[str, list] = {}                # member -> [Exit]
         self.readmissions: dict[str, list] = {}         # member -> [(order key, {device: seq})]
-        self.applied_events: set[str] = set()           # exits/readmissions in effect (set by the ledger)
+        # Exits and readmissions in effect, set by the ledger: during a recompute they are chosen
+        # up front, so that they apply to every entry whatever order entries are decided in.
+        self.effective_exits: dict[str, list] = {}
+        self.effective_readmissions: dict[str, list] = {}
         self.forks: list[dict] = []                     # evidence of forked device logs (set by the ledger)
         self.void: dict[str, str] = {}                  # hash -> why a held entry does not count
         self.void_ids: set[str] = set()                 # agreement/commitment ids defined by void entries
@@ -175,6 +197,8 @@ class DocState:
         if kind == "genesis":
             self._admit(author, key)
             self._name(author, key, op.get("name"))
+            for member, name in (op.get("names") or {}).items():
+                self._name(member, key, name)
             for member in op.get("members", []):
                 self._admit(member, key)
         elif kind == "name":
@@ -183,16 +207,16 @@ class DocState:
             self.invites[op["key"]] = {"expires": op["expires"], "note": op.get("note", ""), "by": author,
                                        "at": entry.at, "used_by": None}
         elif kind == "admit":
-            if op["member"] in self.members:
-                self.readmissions.setdefault(op["member"], []).append((key, op.get("resume") or {}))
+            if "resume" in op:
+                self.readmissions.setdefault(op["member"], []).append((key, op["resume"]))
             self._admit(op["member"], key)
             self._name(op["member"], key, op.get("name"))
             invite = self.invites.get(op["invite"])
             if invite is not None:
                 invite["used_by"] = op["member"]
         elif kind == "add":
-            if op["member"] in self.members:
-                self.readmissions.setdefault(op["member"], []).append((key, op.get("resume") or {}))
+            if "resume" in op:
+                self.readmissions.setdefault(op["member"], []).append((key, op["resume"]))
             self._admit(op["member"], key)
         elif kind == "propose":
             agreement = self.agreements.setdefault(op["agreement"], Agreement(op["agreement"]))
@@ -213,7 +237,8 @@ class DocState:
         elif kind in ("leave", "cut"):
             member = author if kind == "leave" else op["member"]
             self.exits.setdefault(member, []).append(
-                Exit(key, entry.hash, member, "left" if kind == "leave" else "removed", op["devices"]))
+                Exit(key, entry.hash, member, "left" if kind == "leave" else "removed", op["devices"],
+                     op.get("agreement")))
             self.members[member].events.append((key, "left" if kind == "leave" else "removed"))
             self.members[member].settle_status()
         elif kind == "split":
@@ -227,6 +252,13 @@ class DocState:
             self.retired_devices[op["device"]] = op["upto"] if cut is None else min(cut, op["upto"])
             self.exits.setdefault(author, []).append(
                 Exit(key, entry.hash, author, "retired", {op["device"]: op["upto"]}))
+
+    def take_effect(self, events: list) -> None:
+        """Put these membership events (from `membership_event`) into effect."""
+        self.effective_exits, self.effective_readmissions = {}, {}
+        for kind, member, value in events:
+            target = self.effective_exits if kind == "exit" else self.effective_readmissions
+            target.setdefault(member, []).append(value)
 
     def _admit(self, member: str, key: tuple) -> None:
         known = self.members.get(member)
@@ -242,12 +274,12 @@ class DocState:
         An exit keeps each device's entries up to its recorded seq; an admission after the exit
         lets the device write again after the seq it had reached when readmitted.
         """
-        for exit_ in self.exits.get(member, ()):
+        for exit_ in self.effective_exits.get(member, ()):
             kept = exit_.keeps(device)
-            if kept is None or seq <= kept or exit_.hash not in self.applied_events:
+            if kept is None or seq <= kept:
                 continue
-            resumed = any(key > exit_.key and key[1] in self.applied_events and seq > resume.get(device, 0) >= kept
-                          for key, resume in self.readmissions.get(member, ()))
+            resumed = any(key > exit_.key and seq > resume.get(device, 0) >= kept
+                          for key, resume in self.effective_readmissions.get(member, ()))
             if not resumed:
                 return {"left": "written after its author left", "removed": "written after its author was removed",
                         "retired": "written by a device after it was retired"}[exit_.kind]

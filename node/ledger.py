@@ -14,7 +14,7 @@ every held entry by a fixed procedure, the same on every node whatever order ent
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .docstate import DocState, order_key
+from .docstate import DocState, membership_event, order_key
 from .entries import EntryError, decode_entry, verify_runs
 from .rules import Pending, Refused, Void, check_genesis, check_op
 
@@ -74,8 +74,8 @@ class Ledger:
             if state is None:
                 continue
             self.states[doc] = state
-            # What was stored came out of a full recompute, so every event held is in effect.
-            state.applied_events = {h for _, h in membership_events(state)}
+            # What was stored came out of a full recompute, so every event accepted is in effect.
+            state.take_effect(accepted_events(state))
             if self.store.has_void(doc, FORKED):
                 self.recompute(doc)
 
@@ -218,7 +218,7 @@ class Ledger:
         except Void as exc:
             return author, str(exc), False
         op = entry.op
-        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and op.get("member") in state.exits)
+        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and "resume" in op)
         return author, None, again
 
     def _hold(self, entry, author: str, why: str | None) -> None:
@@ -357,6 +357,13 @@ def membership_events(state: DocState) -> list[tuple]:
     return events
 
 
+def accepted_events(state: DocState) -> list[tuple]:
+    """Every accepted exit and readmission, in the form `DocState.take_effect` takes."""
+    events = [("exit", member, x) for member, exits in state.exits.items() for x in exits]
+    events += [("readmit", member, r) for member, readmits in state.readmissions.items() for r in readmits]
+    return events
+
+
 def replay(doc: str, genesis, authors: dict, kept: list, applied: set) -> tuple[DocState, dict]:
     """Decide every kept entry from scratch with the given membership events in effect.
 
@@ -364,7 +371,7 @@ def replay(doc: str, genesis, authors: dict, kept: list, applied: set) -> tuple[
     (what it needs does not count any more) is void, and its device's later entries go on.
     """
     state = DocState(doc, genesis)
-    state.applied_events = applied
+    state.take_effect([ev for ev in (membership_event(e, authors[e.hash]) for e in kept if e.hash in applied) if ev])
     state.apply(genesis, authors[genesis.hash])
     verdicts: dict[str, str | None] = {genesis.hash: None}
     done: dict[str, int] = defaultdict(int)

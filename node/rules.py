@@ -152,6 +152,8 @@ def _invite(entry, author, state):
 def _admit(entry, author, state):
     op = entry.op
     member = check_member_id(op.get("member"))
+    if "resume" in op:
+        _check_devices(op["resume"])
     check_text(op.get("name") or "", "name", MAX_NAME, required=False)
     invite = state.invites.get(_ref(op, "invite", "invite"))
     if invite is None:
@@ -217,6 +219,8 @@ def _retire(entry, author, state):
 
 def _add(entry, author, state):
     check_member_id(entry.op.get("member"))
+    if "resume" in entry.op:
+        _check_devices(entry.op["resume"])
 
 
 def _commit(entry, author, state):

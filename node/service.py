@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pycrdt import Doc, Map
 
-from . import views
+from . import lifecycle, views
 from .docstate import DocState
 from .entries import build_entry
 from .errors import Conflict, Forbidden, Invalid, NotFound
@@ -59,6 +59,7 @@ class Service:
         self.sync_port: int | None = None
         self.revision = 0
         self.listeners: list = []
+        self._finalizing = False
         if name:
             self.set_name(name)
         elif not self.store.get("name"):
@@ -78,12 +79,19 @@ class Service:
         self.store.close()
 
     def changed(self, entries) -> None:
-        """Tell listeners (live page, sync push) that entries were accepted."""
+        """Tell listeners (live page, sync push) that entries were accepted, and carry out any
+        removal that has just been agreed."""
         if not entries:
             return
         self.revision += 1
         for listener in list(self.listeners):
             listener(entries)
+        if not self._finalizing:
+            self._finalizing = True
+            try:
+                lifecycle.finalize_removals(self)
+            finally:
+                self._finalizing = False
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -201,7 +209,26 @@ class Service:
                 "forked_from": state.forked_from, "members": views.member_list(state),
                 "crews": [views.crew_summary(c) for c in crews],
                 "agreements": views.agreements_view(state),
-                "my_status": state.members[self.me].status}
+                "my_status": state.members[self.me].status,
+                **self.changes_view(state)}
+
+    def changes_view(self, state: DocState, names: DocState | None = None) -> dict:
+        """Lineage, inherited agreements, forked logs and entries that do not count, for people to see."""
+        from .entries import decode_entry
+        names = names or state
+        void = []
+        for author, raw, reason in self.store.void_entries(state.id):
+            entry = decode_entry(raw)
+            void.append({"hash": entry.hash, "author": author, "author_name": names.name_of(author),
+                         "at": views.iso(entry.at), "summary": summarize(entry, state, names), "reason": reason})
+        forks = [{**fork, "member_name": names.name_of(fork["member"]) if fork["member"] else None}
+                 for fork in state.forks]
+        parent = None
+        if state.lineage:
+            parent = {"id": state.lineage["id"], "name": state.lineage.get("name", ""),
+                      "held_here": state.lineage["id"] in self.states}
+        return {"lineage": {"parent": parent, "children": state.splits}, "inherited": state.inherited,
+                "forks": forks, "void_entries": void}
 
     def history(self, doc_id: str, limit: int = 500) -> list[dict]:
         """GET /api/congregations/{cid}/history: entries newest first, with a line each."""
@@ -247,12 +274,15 @@ class Service:
         state, _ = self.find_invite(key)
         self._writable(state)
         member = _valid(check_member_id, member)
-        if member in state.members:
+        if self._is_active(state, member):
             return state.id
         if not verify(unb32(key), proof, invite_message(key, member)):
             raise Forbidden("the invite proof does not hold: the code is wrong or forged")
         name = (name or "")[:MAX_NAME] or None
-        self._write(state.id, {"t": "admit", "member": member, "name": name, "invite": key, "proof": b32(proof)})
+        op = {"t": "admit", "member": member, "name": name, "invite": key, "proof": b32(proof)}
+        if member in state.members:                      # back after leaving or removal
+            op["resume"] = lifecycle.resume_vector(self, state.id, member)
+        self._write(state.id, op)
         return state.id
 
     def join_proof(self, code: str) -> tuple[str, bytes]:
@@ -289,7 +319,24 @@ class Service:
     def crew_view(self, crew_id: str) -> dict:
         """GET /api/crews/{crew_id}."""
         crew = self.crew_state(crew_id)
-        return views.crew_view(crew, self.states.get(crew.congregation))
+        congregation = self.states.get(crew.congregation)
+        changes = self.changes_view(crew, congregation)
+        return {**views.crew_view(crew, congregation), "my_status": crew.members[self.me].status,
+                "forks": changes["forks"], "void_entries": changes["void_entries"]}
+
+    # -- membership over time (node/lifecycle.py) --------------------------------------------------
+
+    def leave(self, doc_id: str) -> dict:
+        """POST /api/congregations/{cid}/leave, /api/crews/{crew_id}/leave."""
+        return lifecycle.leave(self, doc_id)
+
+    def propose_removal(self, doc_id: str, member, reason) -> dict:
+        """POST /api/congregations/{cid}/removals, /api/crews/{crew_id}/removals."""
+        return lifecycle.propose_removal(self, doc_id, member, reason)
+
+    def fork_congregation(self, cid: str, name, crews, members) -> dict:
+        """POST /api/congregations/{cid}/fork."""
+        return lifecycle.fork_congregation(self, cid, name, crews or [], members or [])
 
     def add_crew_member(self, crew_id: str, member) -> dict:
         """POST /api/crews/{crew_id}/members."""
@@ -299,9 +346,12 @@ class Service:
         congregation = self.states.get(crew.congregation)
         if congregation is None or not self._is_active(congregation, member):
             raise Invalid("that member does not belong to this crew's congregation")
-        if member in crew.members:
+        if self._is_active(crew, member):
             raise Conflict("that member is in this crew already")
-        self._write(crew_id, {"t": "add", "member": member})
+        op = {"t": "add", "member": member}
+        if member in crew.members:                       # back after leaving or removal
+            op["resume"] = lifecycle.resume_vector(self, crew_id, member)
+        self._write(crew_id, op)
         return self.crew_view(crew_id)
 
     # -- agreements --------------------------------------------------------------------------------
@@ -461,6 +511,11 @@ def summarize(entry, state: DocState, names: DocState) -> str:
     return {
         "genesis": lambda: f"created the {state.type} “{state.meta_value('name')}”",
         "name": lambda: f"set their name to “{op['name']}”",
+        "leave": lambda: f"left the {state.type}",
+        "cut": lambda: f"carried out the agreed removal of {names.name_of(op['member'])}",
+        "split": lambda: f"split off the congregation “{op.get('name', '')}”",
+        "move": lambda: "moved the crew to another congregation",
+        "retire_device": lambda: "retired one of their devices",
         "meta": lambda: "edited the name or purpose",
         "invite": lambda: "created an invite",
         "admit": lambda: f"admitted {names.name_of(op['member'])}",

@@ -74,6 +74,12 @@ class Store:
         return [r[0] for r in self.db.execute(
             "SELECT hash FROM entries WHERE doc = ? AND device = ? AND seq = ?", [doc, device, seq])]
 
+    def void_entries(self, doc: str, limit: int = 50) -> list[tuple]:
+        """(author, raw, reason) of a document's held entries that do not count, newest first."""
+        return self.db.execute(
+            "SELECT author, raw, reason FROM entries WHERE doc = ? AND status = 'void' ORDER BY rowid DESC LIMIT ?",
+            [doc, limit]).fetchall()
+
     def has_void(self, doc: str, reason: str) -> bool:
         """True when the document holds a void entry for that reason."""
         return self.db.execute("SELECT 1 FROM entries WHERE doc = ? AND reason = ? LIMIT 1",
@@ -122,7 +128,12 @@ class Store:
                 break
         return out if limit is None else out[:limit]
 
-    def missing(self, doc: str, vector: dict[str, int], limit: int) -> list[bytes]:
+    def rowid_of(self, entry_hash: str) -> int | None:
+        """The stored position of a held entry."""
+        row = self.db.execute("SELECT rowid FROM entries WHERE hash = ?", [entry_hash]).fetchone()
+        return row[0] if row else None
+
+    def missing(self, doc: str, vector: dict[str, int], limit: int, upto: int | None = None) -> list[bytes]:
         """Up to `limit` raw entries of `doc` beyond `vector`, in the order they were accepted here.
 
         Acceptance order is causal order (every entry was accepted after what it depends on),
@@ -134,7 +145,8 @@ class Store:
         conn.executemany("INSERT OR REPLACE INTO peer_vector VALUES (?, ?)", list(vector.items()))
         rows = conn.execute(
             "SELECT e.raw FROM entries e LEFT JOIN peer_vector v ON v.device = e.device"
-            " WHERE e.doc = ? AND e.seq > COALESCE(v.seq, 0) ORDER BY e.rowid LIMIT ?", [doc, limit])
+            " WHERE e.doc = ? AND e.seq > COALESCE(v.seq, 0) AND e.rowid <= ? ORDER BY e.rowid LIMIT ?",
+            [doc, upto if upto is not None else 2**62, limit])
         return [r[0] for r in rows]
 
     def device_entries(self, doc: str, device: str) -> list[bytes]:

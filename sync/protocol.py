@@ -90,11 +90,24 @@ def check_vectors(value) -> dict[str, dict[str, int]]:
 
 def shared_docs(service, peer_member: str) -> list[str]:
     """Documents I hold that `peer_member` may see: those they are an active member of."""
-    out = []
+    return [doc for doc, limit in peer_scope(service, peer_member).items() if limit is None]
+
+
+def peer_scope(service, peer_member: str) -> dict[str, int | None]:
+    """Documents `peer_member` may receive entries of, each with a limit: None for an active
+    member; for one who left or was removed, the stored position of their exit, so their node
+    learns that they are out (and why) but nothing written after that."""
+    out = {}
     for doc, state in service.states.items():
         member = state.members.get(peer_member)
-        if member is not None and member.status == "active":
-            out.append(doc)
+        if member is None:
+            continue
+        if member.status == "active":
+            out[doc] = None
+            continue
+        exits = [x for x in state.exits.get(peer_member, ()) if x.kind != "retired"]
+        if exits:
+            out[doc] = service.store.rowid_of(max(exits, key=lambda x: x.key).hash) or 0
     return out
 
 
@@ -117,7 +130,7 @@ def summary(service, docs) -> dict:
 
 def offer(service, peer_member: str) -> dict:
     """The client's opening: my summary of everything the peer may see."""
-    return summary(service, shared_docs(service, peer_member))
+    return summary(service, list(peer_scope(service, peer_member)))
 
 
 def check_heads(value) -> dict[str, dict[str, str]]:
@@ -156,16 +169,16 @@ def missing_for(service, peer_member: str, have: dict, limit: int | None = None,
     their_heads = their_heads or {}
     out: list[bytes] = []
     size = 0
-    for doc in shared_docs(service, peer_member):
+    for doc, upto in peer_scope(service, peer_member).items():
         if len(out) >= limit or size >= BATCH_BYTES:
             return out, True
         vector = have.get(doc, {})
         batch = []
-        for device in forked_devices(service, doc, vector, their_heads.get(doc, {})):
+        for device in forked_devices(service, doc, vector, their_heads.get(doc, {})) if upto is None else ():
             batch.extend(service.store.device_entries(doc, device))
         if not batch and vector == vectors(service, [doc])[doc]:
             continue
-        batch += service.store.missing(doc, vector, limit - len(out) + 1)
+        batch += service.store.missing(doc, vector, limit - len(out) + 1, upto)
         for raw in batch:
             if len(out) >= limit or size + len(raw) > BATCH_BYTES:
                 return out, True
