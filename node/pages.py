@@ -6,8 +6,9 @@ next to the form and everything typed kept. `web/static/crewnode.js` only enhanc
 the page's content when `/api/events` says entries were accepted, keeping what is being typed.
 
 Page data is gathered in one call on the node thread (`NodeThread.call`), so one page costs one
-hop. Agreement lists of a big congregation are paged, and their per-agreement summaries are
-cached per document revision (`DocState.count`), so a page stays fast with thousands of entries.
+hop. Agreement lists of a big congregation are paged, and what a page derives from a document is
+remembered until that document changes (`views.memo`, `views.agreement_facts`), so a page stays
+fast with thousands of records (bench/page.py).
 """
 import datetime as dt
 import hashlib
@@ -80,7 +81,7 @@ def page_headers(response):
 
 @pages.app_context_processor
 def page_globals():
-    return {"csrf": csrf_token(), "today": dt.date.today().isoformat()}
+    return {"csrf": csrf_token()}
 
 
 @pages.errorhandler(NodeError)
@@ -217,7 +218,7 @@ def home_data(service, show_all: bool) -> dict:
         congregation["crews"] = [{"id": c.id, "name": c.meta_value("name"), "size": len(c.active_members())}
                                  for c in crews]
     due = due_view(service)
-    return {"me": me, "congregations": congregations, "due": due, "show_all": show_all}
+    return {"me": me, "congregations": congregations, "due": due, "show_all": show_all, "due_shown": DUE_SHOWN}
 
 
 def congregation_data(service, cid: str, show: str, page: int) -> dict:
@@ -344,7 +345,8 @@ def _error_status(exc: NodeError) -> int:
 def render_home(form=None, error=None, status=200):
     data = node().call(home_data, request.args.get("all") == "1")
     data["notice"] = _notice()
-    return _render("home.html", data, form, error, status, live_url=url_for(".home"))
+    live = request.full_path.rstrip("?") if request.method == "GET" else url_for(".home")
+    return _render("home.html", data, form, error, status, live_url=live)
 
 
 def _notice() -> str | None:

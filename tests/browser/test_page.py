@@ -422,3 +422,29 @@ def test_a_change_from_a_second_node_appears_without_reload(node_factory, page):
     expect(agreement).to_be_visible(timeout=LIVE_TIMEOUT)
     expect(agreement).to_contain_text("proposed by Bea")
     assert page.evaluate("window.__sameDocument") is True
+
+
+def test_phone_width_never_scrolls_sideways(node_factory, browser):
+    node = node_factory.start(name="Ada")
+    long_word = "Supercalifragilistic" * 7
+    cid = api_congregation(node, name="The Riverside and Canal Street Commons " + long_word,
+                           purpose="A purpose that goes on. " * 40)
+    crew = api_crew(node, cid, name="Tool library " + long_word)
+    for scope in (f"/api/congregations/{cid}/agreements", f"/api/crews/{crew}/agreements"):
+        node.api("POST", scope, {"title": "Title " + long_word, "text": ("A long line of text. " * 300) + long_word},
+                 expect=201)
+    node.api("POST", f"/api/crews/{crew}/commitments", {"what": "Do " + long_word, "due": "2020-02-02"}, expect=201)
+    context = browser.new_context(viewport={"width": 360, "height": 780})
+    try:
+        page = context.new_page()
+        open_node(page, node)
+        for path in ("/", f"/c/{cid}", f"/crews/{crew}", f"/c/{cid}/history", "/peers", "/settings"):
+            page.goto(node.base + path)
+            expect(page.locator("main")).to_be_visible()
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 360, f"{path} is {width} px wide at a 360 px screen"
+        page.goto(f"{node.base}/c/{cid}")
+        text = page.locator("article.agreement .text").first
+        assert text.evaluate("el => el.scrollHeight > el.clientHeight")        # long text scrolls in its box
+    finally:
+        context.close()
