@@ -33,6 +33,7 @@ class Agreement:
     """A proposal and its consent round(s)."""
 
     id: str
+    members: dict = field(default_factory=dict, repr=False)   # the document's members (shared)
     proposals: list = field(default_factory=list)      # (order key, entry, author)
     revisions: dict = field(default_factory=dict)      # hash -> Version
     responses: dict = field(default_factory=dict)      # member -> {(version, key): (response, reason)}
@@ -57,7 +58,12 @@ class Agreement:
 
     @property
     def entitled(self) -> list:
-        return self.first[1].op["entitled"]
+        """Who may respond: the scope's members admitted before the proposal, not the member a
+        removal is about. Worked out here, not taken from the proposer, so no one can propose
+        with only themselves entitled and agree alone."""
+        key, subject = self.first[0], self.subject
+        members = sorted(self.members.values(), key=lambda m: m.joined)
+        return [m.id for m in members if m.joined < key and m.id != subject]
 
     @property
     def versions(self) -> dict:
@@ -219,7 +225,7 @@ class DocState:
                 self.readmissions.setdefault(op["member"], []).append((key, op["resume"]))
             self._admit(op["member"], key)
         elif kind == "propose":
-            agreement = self.agreements.setdefault(op["agreement"], Agreement(op["agreement"]))
+            agreement = self.agreements.setdefault(op["agreement"], Agreement(op["agreement"], self.members))
             agreement.proposals.append((key, entry, author))
         elif kind == "revise":
             self.agreements[op["agreement"]].revisions[entry.hash] = Version(

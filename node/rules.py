@@ -177,8 +177,10 @@ def _propose(entry, author, state):
     check_text(op.get("title"), "title", MAX_TITLE)
     check_text(op.get("text", ""), "text", MAX_TEXT, required=False)
     check_date(op.get("review_by"), "review_by")
-    entitled = op.get("entitled")
-    require(isinstance(entitled, list) and entitled, "an agreement lists who may respond")
+    # The list is the proposer's view, kept for people to read; who may respond is worked out
+    # from membership (Agreement.entitled), never taken from it.
+    entitled = op.get("entitled", [])
+    require(isinstance(entitled, list), "entitled must be a list of member ids")
     for member in entitled:
         check_member_id(member)
     if op.get("kind") == "removal":

@@ -171,7 +171,6 @@ def test_entry_against_the_rules_is_refused(world):
         {"t": "name", "name": 5},
         {"t": "add", "member": mo.id},                      # a crew operation, not a congregation one
         propose_op([mo.id], title=""),
-        propose_op([], title="Nobody may respond"),
         propose_op([mo.id], review_by="next week"),
         propose_op(["not-a-member-id"]),
         {"t": "invite", "key": "short", "expires": 1},
