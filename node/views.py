@@ -39,14 +39,14 @@ def memo(state: DocState, key, compute):
 
 def active_set(state: DocState) -> frozenset:
     """Ids of the document's active members."""
-    return memo(state, "active", lambda: frozenset(m for m, status in membership(state) if status == "active"))
+    return memo(state, "active", lambda: frozenset(m for m, status, _ in membership(state) if status == "active"))
 
 
 def membership(state: DocState) -> frozenset:
-    """(member, status) pairs: what agreement rounds depend on besides their own entries.
+    """(member, status, joined): what agreement rounds depend on besides their own entries.
     While the membership stays the same this is the same object, so comparing it is instant."""
     def compute():
-        fresh = frozenset((m.id, m.status) for m in state.members.values())
+        fresh = frozenset((m.id, m.status, m.joined) for m in state.members.values())
         known = _MEMBERS.get(state)
         if known == fresh:
             return known
