@@ -213,12 +213,14 @@ class Ledger:
             return author, FORKED, True                 # a second entry at a seq: settle the fork
         if entry.seq != head[0] + 1 or entry.prev != head[1]:
             return author, FORKED, False                # continues a branch that was not kept
+        op = entry.op
+        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and "resume" in op)
         try:
             check_op(entry, author, state)
         except Void as exc:
-            return author, str(exc), False
-        op = entry.op
-        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and "resume" in op)
+            # A membership event void under the exits in effect here may come first in the fixed
+            # order and void those exits instead: only a recompute can tell.
+            return author, str(exc), again
         return author, None, again
 
     def _hold(self, entry, author: str, why: str | None) -> None:
