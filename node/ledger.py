@@ -106,7 +106,10 @@ class Ledger:
         for h in [h for h, ok in signed.items() if not ok]:
             result.refused.append((h, "signature does not hold"))
             del fresh[h]
-        docs = {e.doc for e in fresh.values()} | set(retry_docs)
+        # Documents whose first entry waits (a crew waiting for its founder's admission) are
+        # retried with every batch: what unlocks them lives in another document.
+        docs = {e.doc for e in fresh.values()} | set(retry_docs) | \
+            {d for d in self.store.pending_docs() if d not in self.states}
         # Every waiting entry of these documents, one that has just arrived again included: it
         # must count as waiting, so that its row goes once it is accepted or refused.
         waiting = {}
@@ -192,7 +195,15 @@ class Ledger:
         already; else raises Pending or Refused."""
         if entry.is_genesis:
             check_genesis(entry)
-            return (None, None, False) if entry.hash in self.states else (entry.cert["person"], None, False)
+            if entry.hash in self.states:
+                return None, None, False
+            founder = entry.cert["person"]
+            if entry.op["type"] == "crew":
+                # A crew belongs to a congregation: only one of its members may start one there.
+                congregation = self.states.get(entry.op["congregation"])
+                if congregation is None or founder not in congregation.members:
+                    raise Pending("the crew's congregation, or its founder's admission to it, has not arrived")
+            return founder, None, False
         state = self.states.get(entry.doc)
         if state is None:
             raise Pending("its document has not arrived")

@@ -198,6 +198,10 @@ class Store:
             out.extend(r[0] for r in self.db.execute("SELECT raw FROM pending WHERE doc = ?", [doc]))
         return out
 
+    def pending_docs(self) -> list[str]:
+        """Documents whose first entry is waiting."""
+        return [r[0] for r in self.db.execute("SELECT doc FROM pending WHERE hash = doc")]
+
     def pending_count(self) -> int:
         """How many entries wait."""
         return self.db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]

@@ -323,7 +323,10 @@ def _note_join(service, key: str, proof: bytes, address: str | None) -> None:
     joins = service.store.get("joins", {})
     known = joins.get(key)
     if known and known["status"] == "joined":
-        return
+        state = service.states.get(known.get("congregation_id"))
+        if state is not None and service._is_active(state):
+            return
+        # Out since (left or removed): the code is spent; ask again, and hear it refused.
     joins[key] = {"status": "pending", "proof": b32(proof), "address": address, "congregation_id": None,
                   "error": None, "since": now_ms()}
     service.store.put("joins", joins)
