@@ -7,11 +7,12 @@ document's id is the hash of its first entry, so no one can forge another docume
 """
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 
 from .identity import IdentityError, check_device_cert, verify
-from .ids import canonical_json, unb32
+from .ids import canonical_json, is_key_id, unb32
 
 SIG_CONTEXT = b"crewnode-entry-v1:"
 MAX_HEADER = 64 * 1024
@@ -129,11 +130,8 @@ def _check_header(header) -> None:
         raise EntryError("entry chain link is malformed")
     if doc == "" and seq != 1:
         raise EntryError("a document's first entry must have seq 1")
-    try:
-        if len(unb32(header["dev"])) != 32:
-            raise ValueError
-    except (ValueError, TypeError) as exc:
-        raise EntryError("entry device id is malformed") from exc
+    if not is_key_id(header["dev"]):
+        raise EntryError("entry device id is malformed")
     if not isinstance(header["op"], dict) or not isinstance(header["op"].get("t"), str):
         raise EntryError("entry operation is malformed")
     if "cert" in header:
@@ -147,8 +145,11 @@ def _check_header(header) -> None:
         raise EntryError("a device's first entry in a document must carry its certificate")
 
 
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
 def _is_hash(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return _HASH.fullmatch(text) is not None
 
 
 def verify_runs(entries: list[Entry]) -> dict[str, bool]:

@@ -1,5 +1,6 @@
 """Small encodings shared by the node: ids, canonical JSON, clocks."""
 import base64
+import functools
 import json
 import os
 import time
@@ -19,6 +20,23 @@ def unb32(text: str) -> bytes:
         return base64.b32decode(padded)
     except Exception as exc:
         raise ValueError("not an id") from exc
+
+
+def is_key_id(value) -> bool:
+    """True for the base32 text of a 32-byte public key: a member id or a device id.
+
+    The same few hundred ids recur in every entry and message, and base32 decoding is slow
+    pure Python, so the answers are cached (public keys only: nothing secret is kept).
+    """
+    return isinstance(value, str) and len(value) <= 64 and _key_id_ok(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key_id_ok(text: str) -> bool:
+    try:
+        return len(unb32(text)) == 32
+    except ValueError:
+        return False
 
 
 def b64(raw: bytes) -> str:

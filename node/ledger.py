@@ -49,6 +49,7 @@ class Ledger:
         self.heads: dict[tuple, tuple] = store.heads()   # (doc, device) -> (seq, hash) of the kept branch
         self._since_snapshot: dict[str, int] = {}
         self._batch: dict[tuple, list] = {}              # (doc, device, seq) -> hashes held in this batch
+        self._held: set[str] = set()                     # candidates of this batch held already
         self._load()
 
     def _load(self) -> None:
@@ -88,7 +89,7 @@ class Ledger:
         what was asked of it. Entries waiting in the documents of `retry_docs` are retried too.
         """
         result = IngestResult()
-        fresh = {}
+        decoded = []
         for raw in raws:
             try:
                 entry = decode_entry(raw)
@@ -98,7 +99,11 @@ class Ledger:
             if allowed_docs is not None and entry.doc not in allowed_docs:
                 result.refused.append((entry.hash, "this document was not part of the exchange"))
                 continue
-            if entry.hash in fresh or self.store.has(entry.hash):
+            decoded.append(entry)
+        held = self.store.held_among({e.hash for e in decoded})
+        fresh = {}
+        for entry in decoded:
+            if entry.hash in fresh or entry.hash in held:
                 result.known += 1
                 continue
             fresh[entry.hash] = entry
@@ -148,6 +153,7 @@ class Ledger:
         reasons: dict[str, str] = {}
         recompute: set[str] = set()
         self._batch = {}
+        self._held = self.store.held_among(candidates)
         progress = True
         while remaining and progress:
             progress = False
@@ -180,7 +186,7 @@ class Ledger:
                     recompute.add(entry.doc)
                 progress = True
             remaining = still
-        self._batch = {}
+        self._batch, self._held = {}, set()
         return decided, {e.hash: reasons[e.hash] for e in remaining}, recompute
 
     def doc_heads(self, doc: str) -> dict[str, tuple]:
@@ -209,7 +215,7 @@ class Ledger:
             raise Pending("its document has not arrived")
         key = (entry.doc, entry.device)
         head = self.heads.get(key, (0, ""))
-        if entry.hash in self._held_at(entry.doc, entry.device, entry.seq):
+        if entry.hash in self._held:                    # held already (here, or earlier in this batch)
             return None, None, False
         if entry.seq > 1 and entry.prev != head[1] and entry.prev not in self._held_at(entry.doc, entry.device, entry.seq - 1):
             if self._held_at(entry.doc, entry.device, entry.seq - 1):
@@ -241,6 +247,7 @@ class Ledger:
         state = self.states[entry.doc]
         self.devices[entry.device] = author
         self._batch.setdefault((entry.doc, entry.device, entry.seq), []).append(entry.hash)
+        self._held.add(entry.hash)
         if why != FORKED:
             self.heads[(entry.doc, entry.device)] = (entry.seq, entry.hash)
         if why is None:

@@ -11,7 +11,7 @@ import datetime as dt
 import re
 
 from .identity import IdentityError, check_device_cert, verify
-from .ids import canonical_json, unb32
+from .ids import canonical_json, is_key_id, unb32
 
 RESPONSES = ("consent", "object", "stand_aside")
 COMMITMENT_STATUSES = ("open", "done", "released")
@@ -76,11 +76,7 @@ def check_date(value, what: str) -> str | None:
 
 def check_member_id(value, what: str = "member id") -> str:
     """A member id: a base32 Ed25519 public key."""
-    try:
-        ok = isinstance(value, str) and len(unb32(value)) == 32
-    except ValueError:
-        ok = False
-    require(ok, f"{what} is not a member id")
+    require(is_key_id(value), f"{what} is not a member id")
     return value
 
 

@@ -85,6 +85,16 @@ class Store:
         return self.db.execute("SELECT 1 FROM entries WHERE doc = ? AND reason = ? LIMIT 1",
                                [doc, reason]).fetchone() is not None
 
+    def held_among(self, hashes) -> set[str]:
+        """Which of `hashes` are held here (one query per 500, not one per entry)."""
+        hashes = list(hashes)
+        out: set[str] = set()
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start:start + 500]
+            out.update(r[0] for r in self.db.execute(
+                f"SELECT hash FROM entries WHERE hash IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
     def has(self, entry_hash: str) -> bool:
         """True when the entry is accepted here."""
         return self.db.execute("SELECT 1 FROM entries WHERE hash = ?", [entry_hash]).fetchone() is not None

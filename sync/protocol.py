@@ -11,7 +11,7 @@ Functions taking `service` run on the node thread (worker.NodeThread.call).
 import json
 import struct
 
-from node.ids import unb32
+from node.ids import is_key_id
 
 MAX_ROUNDS = 10_000
 
@@ -78,10 +78,8 @@ def check_vectors(value) -> dict[str, dict[str, int]]:
         for device, seq in vector.items():
             if not isinstance(device, str) or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
                 raise ProtocolError("a version vector entry is malformed")
-            try:
-                unb32(device)
-            except ValueError:
-                raise ProtocolError("a version vector names a malformed device") from None
+            if not is_key_id(device):
+                raise ProtocolError("a version vector names a malformed device")
         out[doc] = vector
     return out
 
