@@ -34,8 +34,12 @@ class NodeThread:
                 if service is None:
                     service = result
                 future.set_result(result)
-            except BaseException as exc:          # noqa: BLE001 - handed to the caller
+            except Exception as exc:              # noqa: BLE001 - handed to the caller
                 future.set_exception(exc)
+            except BaseException as exc:          # noqa: BLE001 - e.g. a Rust panic from pycrdt
+                # A panic is a BaseException; as such it would escape the request's error
+                # handling and leave the caller with no answer at all.
+                future.set_exception(RuntimeError(f"internal error: {exc!r}"))
 
     def call(self, fn, *args, **kwargs):
         """Run `fn(service, *args, **kwargs)` on the node thread and return its result."""
