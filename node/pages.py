@@ -407,8 +407,23 @@ def render_peers(form=None, error=None, status=200):
     return _render("peers.html", data, form, error, status, live_url=url_for(".peers_page"))
 
 
+def lan_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback (what another member types to reach it)."""
+    try:
+        import ifaddr
+    except ImportError:
+        return []
+    found = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith(("127.", "169.254.")) and ip.ip not in found:
+                found.append(ip.ip)
+    return found
+
+
 def render_settings(form=None, error=None, status=200):
     data = {"me": node().call(Service.me_view), "saved": request.args.get("note") == "name",
+            "addresses": lan_addresses(),
             "devices_url": url_for("carry_pages.devices_page") if "carry_pages.devices_page" in current_app.view_functions
             else None}
     return _render("settings.html", data, form, error, status, live_url=url_for(".settings"))
