@@ -164,6 +164,10 @@ class Store:
         return [r[0] for r in self.db.execute(
             "SELECT raw FROM entries WHERE doc = ? AND device = ? ORDER BY rowid", [doc, device])]
 
+    def device_count(self, doc: str, device: str) -> int:
+        """How many entries of one device in a document are held, every branch."""
+        return self.db.execute("SELECT COUNT(*) FROM entries WHERE doc = ? AND device = ?", [doc, device]).fetchone()[0]
+
     def vector(self, doc: str) -> dict[str, int]:
         """device -> highest accepted seq, for one document."""
         return dict(self.db.execute(

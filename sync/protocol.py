@@ -120,10 +120,24 @@ def heads(service, docs) -> dict[str, dict[str, str]]:
     return {doc: {dev: h for dev, (_, h) in service.ledger.doc_heads(doc).items()} for doc in docs}
 
 
+def fork_counts(service, docs) -> dict[str, dict[str, int]]:
+    """For each device whose log I know forked: how many of its entries I hold, every branch.
+
+    Heads and vectors name only the kept branch, so a node on that branch would never learn of
+    a dropped one; a peer holding more entries of a forked device sends them all.
+    """
+    out = {}
+    for doc in docs:
+        state = service.states.get(doc)
+        if state is not None and state.forks:
+            out[doc] = {dev: service.store.device_count(doc, dev) for dev in {f["device"] for f in state.forks}}
+    return out
+
+
 def summary(service, docs) -> dict:
-    """Vectors and branch heads of `docs`, as one side tells the other."""
+    """Vectors, branch heads and forked devices of `docs`, as one side tells the other."""
     docs = list(docs)
-    return {"have": vectors(service, docs), "heads": heads(service, docs)}
+    return {"have": vectors(service, docs), "heads": heads(service, docs), "forks": fork_counts(service, docs)}
 
 
 def offer(service, peer_member: str) -> dict:
@@ -144,12 +158,22 @@ def check_heads(value) -> dict[str, dict[str, str]]:
     return value
 
 
-def forked_devices(service, doc: str, their_vector: dict, their_heads: dict) -> list[str]:
-    """Devices whose branch the peer holds differs from mine: they need every branch I hold."""
+def check_forks(value) -> dict[str, dict[str, int]] | None:
+    """A peer's {doc: {device: count}} of forked devices; None when it sent none (an older node)."""
+    return None if value is None else check_vectors(value)
+
+
+def forked_devices(service, doc: str, their_vector: dict, their_heads: dict, their_forks=None) -> list[str]:
+    """Devices whose branch the peer holds differs from mine, or of whose forked log I hold
+    more entries than the peer: they need every branch I hold."""
     out = []
     mine = service.ledger.doc_heads(doc)
+    if their_forks is not None:
+        for device, count in fork_counts(service, [doc]).get(doc, {}).items():
+            if count > their_forks.get(device, 0):
+                out.append(device)
     for device, their_hash in their_heads.items():
-        if mine.get(device, (0, ""))[1] == their_hash:
+        if device in out or mine.get(device, (0, ""))[1] == their_hash:
             continue
         status = service.store.status_of(their_hash)
         if status is not None:
@@ -161,8 +185,10 @@ def forked_devices(service, doc: str, their_vector: dict, their_heads: dict) -> 
 
 
 def missing_for(service, peer_member: str, have: dict, limit: int | None = None,
-                their_heads: dict | None = None) -> tuple[list[bytes], bool]:
-    """Entries the peer lacks, only of documents they may see; (entries, more left)."""
+                their_heads: dict | None = None, their_forks: dict | None = None) -> tuple[list[bytes], bool]:
+    """Entries the peer lacks, only of documents they may see; (entries, more left).
+
+    `their_forks` (None from a peer that does not send it) is the peer's `fork_counts`."""
     limit = BATCH_ENTRIES if limit is None else limit
     their_heads = their_heads or {}
     out: list[bytes] = []
@@ -172,7 +198,8 @@ def missing_for(service, peer_member: str, have: dict, limit: int | None = None,
             return out, True
         vector = have.get(doc, {})
         batch = []
-        for device in forked_devices(service, doc, vector, their_heads.get(doc, {})) if upto is None else ():
+        forks = None if their_forks is None else their_forks.get(doc, {})
+        for device in forked_devices(service, doc, vector, their_heads.get(doc, {}), forks) if upto is None else ():
             batch.extend(service.store.device_entries(doc, device))
         if not batch and vector == vectors(service, [doc])[doc]:
             continue
@@ -188,12 +215,14 @@ def missing_for(service, peer_member: str, have: dict, limit: int | None = None,
 def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
     """The server's answer to an exchange: what the client lacks, and my vectors."""
     have = check_vectors(meta.get("have", {}))
-    entries, more = missing_for(service, peer_member, have, their_heads=check_heads(meta.get("heads")))
+    entries, more = missing_for(service, peer_member, have, their_heads=check_heads(meta.get("heads")),
+                                their_forks=check_forks(meta.get("forks")))
     # Receiving is safe from anyone (every entry is checked on its own signature and author), so
     # the client may push any document it offered, even one whose news has not reached me yet
     # that it is a member (it may be carrying its own admission).
     want = summary(service, list(have))
-    return pack({"more": more, "want": want["have"], "want_heads": want["heads"]}, entries)
+    return pack({"more": more, "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"]},
+                entries)
 
 
 def take_entries(service, entries: list[bytes], allowed_docs=None):
@@ -213,7 +242,7 @@ def receive_push(service, peer_member: str, meta: dict, entries: list[bytes]) ->
     want = summary(service, sorted(allowed))
     return pack({"accepted": len(result.accepted) + result.void, "pending": result.pending,
                  "known": result.known, "refused": [reason for _, reason in result.refused][:20],
-                 "want": want["have"], "want_heads": want["heads"]})
+                 "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"]})
 
 
 def serve(service, peer_member: str, name: str, body: bytes) -> bytes:
@@ -236,22 +265,25 @@ def run_exchange(run, peer_member: str, remote) -> tuple[int, int]:
     received = sent = 0
     want: dict = {}
     want_heads: dict = {}
+    want_forks: dict | None = None
     for _ in range(MAX_ROUNDS):
         reply_meta, entries = unpack(remote("exchange", pack(run(offer, peer_member))))
         result = run(take_entries, entries)
         received += len(result.accepted) + result.void
         want = check_vectors(reply_meta.get("want", {}))
         want_heads = check_heads(reply_meta.get("want_heads"))
+        want_forks = check_forks(reply_meta.get("want_forks"))
         if not reply_meta.get("more") or not (result.accepted or result.void):
             break
     for _ in range(MAX_ROUNDS):
-        entries, more = run(missing_for, peer_member, want, None, want_heads)
+        entries, more = run(missing_for, peer_member, want, None, want_heads, want_forks)
         if not entries:
             break
         reply_meta, _ = unpack(remote("push", pack({"docs": sorted(want)}, entries)))
         sent += int(reply_meta.get("accepted", 0))
         want = check_vectors(reply_meta.get("want", {}))
         want_heads = check_heads(reply_meta.get("want_heads"))
+        want_forks = check_forks(reply_meta.get("want_forks"))
         if not more or not reply_meta.get("accepted"):
             break
     return received, sent
