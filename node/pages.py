@@ -16,6 +16,7 @@ import hmac
 import secrets
 import time
 import urllib.parse
+import weakref
 from collections import OrderedDict
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
@@ -28,7 +29,7 @@ from .service import Service
 pages = Blueprint("pages", __name__)
 
 PER_PAGE = 25                   # agreements per page on a congregation page
-DUE_SHOWN = 30                  # commitments / proposals shown on the home page before "show all"
+DUE_SHOWN = 12                  # commitments / proposals / reviews shown on the home page before "show all"
 HISTORY_SHOWN = 300
 NAMES_SHOWN = 40                # names per list in an agreement card among many (its own page shows all)
 INVITES_KEPT = 50               # invites shown again after their redirect (in memory only)
@@ -160,9 +161,43 @@ def _names_doc(service, state):
     return service.states.get(state.congregation) if state.congregation else state
 
 
+_VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # DocState -> {aid: (key, view)}
+_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # DocState -> frozenset of names
+
+
+def names_fingerprint(names) -> frozenset:
+    """The names a document knows; the same object while they stay the same."""
+    def compute():
+        fresh = frozenset((member, found[1]) for member, found in names.names.items())
+        known = _NAMES.get(names)
+        if known == fresh:
+            return known
+        _NAMES[names] = fresh
+        return fresh
+    return views.memo(names, "names-fingerprint", compute)
+
+
 def _agreement_views(service, state, ids) -> list[dict]:
+    """Agreement views for a page, each remembered until that agreement, the membership or the
+    names change, so an answer to one agreement re-renders only its own card's data."""
     names = _names_doc(service, state) or state
-    return [decorate(views.agreement_view(state, state.agreements[aid], names), service.me) for aid in ids]
+    cache = _VIEWS.get(state)
+    if cache is None:
+        cache = _VIEWS[state] = {}
+    known = names_fingerprint(names)
+    read = views.facts_reader(state)
+    out = []
+    for aid in ids:
+        agreement = state.agreements[aid]
+        facts = read(agreement)
+        hit = cache.get(aid)
+        if hit is not None and hit[0] is facts and hit[1] is known and hit[2] == service.me:
+            out.append(hit[3])
+            continue
+        view = decorate(views.agreement_view(state, agreement, names), service.me)
+        cache[aid] = (facts, known, service.me, view)
+        out.append(view)
+    return out
 
 
 def decorate(a: dict, me: str, limit: int | None = NAMES_SHOWN) -> dict:
@@ -193,32 +228,43 @@ def decorate(a: dict, me: str, limit: int | None = NAMES_SHOWN) -> dict:
     return a
 
 
+_DUE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # Service -> (key, due view)
+
+
 def due_view(service) -> dict:
     """`Service.due_view`, assembled from per-document parts that are cached per revision
-    (`views.due_in`), so the home page costs little even with thousands of records."""
+    (`views.due_in`), so the home page costs little even with thousands of records; the whole
+    is remembered until one of my documents changes (or the day does)."""
     today = dt.date.today().isoformat()
+    mine = [s for s in list(service.states.values()) if service.me in s.members]
+    key = (today, tuple((id(s), views.revision(s)) for s in mine))
+    hit = _DUE.get(service)
+    if hit is not None and hit[0] == key:
+        return hit[1]
     commitments, waiting, reviews = [], [], []
-    for state in list(service.states.values()):
-        if service.me not in state.members:
-            continue
+    for state in mine:
         names = service.states.get(state.congregation) or state
         part = views.due_in(state, service.me, today)
         commitments += [{**c, "by_name": names.name_of(c["by"])} for c in part["commitments"]]
         waiting += part["awaiting_response"]
         reviews += part["reviews_due"]
     commitments.sort(key=lambda c: (c["due"] or "9999-99-99", c["created_at"]))
-    return {"commitments": commitments, "awaiting_response": waiting, "reviews_due": reviews}
+    due = {"commitments": commitments, "awaiting_response": waiting, "reviews_due": reviews}
+    _DUE[service] = (key, due)
+    return due
 
 
 def home_data(service, show_all: bool) -> dict:
     me = service.me_view()
     congregations = service.list_congregations()
     for congregation in congregations:
-        crews = sorted(service.crews_of(congregation["id"]), key=lambda c: c.meta_value("name").lower())
-        congregation["crews"] = [{"id": c.id, "name": c.meta_value("name"), "size": len(c.active_members())}
-                                 for c in crews]
+        cards = [views.memo(c, "home-card", lambda c=c: {"id": c.id, "name": c.meta_value("name"),
+                                                         "size": len(c.active_members())})
+                 for c in service.crews_of(congregation["id"])]
+        congregation["crews"] = sorted(cards, key=lambda c: c["name"].lower())
     due = due_view(service)
-    return {"me": me, "congregations": congregations, "due": due, "show_all": show_all, "due_shown": DUE_SHOWN}
+    return {"me": me, "congregations": congregations, "due": due, "show_all": show_all, "due_shown": DUE_SHOWN,
+            "overdue": sum(1 for c in due["commitments"] if c["overdue"])}
 
 
 def congregation_data(service, cid: str, show: str, page: int) -> dict:
@@ -244,8 +290,7 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
         "active_count": len(views.active_set(state)),
         "crews": [views.memo(c, "page-card", lambda c=c: {**views.crew_summary(c), "size": len(c.active_members())})
                   for c in crews],
-        "agreements": views.memo(state, ("page-agreements", shown, me),
-                                 lambda: _agreement_views(service, state, shown)),
+        "agreements": _agreement_views(service, state, shown),
         "counts": counts, "show": show, "page": page, "pages_total": pages_total,
     }
 
