@@ -174,7 +174,11 @@ def device_certs(store, member: str) -> dict[str, dict]:
         for cert in (entry.cert, entry.op.get("cert") if entry.op["t"] == "retire_device" else None):
             if isinstance(cert, dict) and cert.get("person") == member:
                 out.setdefault(cert["device"], cert)
-    for device, record in (store.get("devices", {}) or {}).items():
+    for (raw,) in store.db.execute("SELECT raw FROM entries WHERE kind = 'admit' AND status = 'accepted'"):
+        cert = decode_entry(raw).op.get("cert")
+        if isinstance(cert, dict) and cert.get("person") == member:
+            out.setdefault(cert["device"], cert)
+        for device, record in (store.get("devices", {}) or {}).items():
         cert = record.get("cert")
         if isinstance(cert, dict) and cert.get("person") == member:
             out.setdefault(device, cert)

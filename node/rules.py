@@ -150,6 +150,12 @@ def _admit(entry, author, state):
     member = check_member_id(op.get("member"))
     if "resume" in op:
         _check_devices(op["resume"])
+    if "cert" in op:
+        try:
+            person, _ = check_device_cert(op["cert"])
+        except IdentityError as exc:
+            raise Refused(f"the newcomer's device certificate does not hold: {exc}") from None
+        require(person == member, "the newcomer's device certificate is for someone else")
     check_text(op.get("name") or "", "name", MAX_NAME, required=False)
     invite = state.invites.get(_ref(op, "invite", "invite"))
     if invite is None:

@@ -269,8 +269,12 @@ class Service:
                 return state, invite
         raise NotFound("this invite code is not known here: check it, or ask for a new one")
 
-    def admit(self, key: str, member: str, name: str, proof: bytes) -> str:
-        """Admit a newcomer who proved they hold the invite code for `key`; returns the congregation id."""
+    def admit(self, key: str, member: str, name: str, proof: bytes, cert: dict | None = None) -> str:
+        """Admit a newcomer who proved they hold the invite code for `key`; returns the congregation id.
+
+        `cert`, the newcomer's device certificate, travels in the admission so that members can
+        seal bundles for them before they have written anything.
+        """
         state, _ = self.find_invite(key)
         self._writable(state)
         member = _valid(check_member_id, member)
@@ -280,6 +284,8 @@ class Service:
             raise Forbidden("the invite proof does not hold: the code is wrong or forged")
         name = (name or "")[:MAX_NAME] or None
         op = {"t": "admit", "member": member, "name": name, "invite": key, "proof": b32(proof)}
+        if cert is not None:
+            op["cert"] = cert
         if member in state.members:                      # back after leaving or removal
             op["resume"] = lifecycle.resume_vector(self, state.id, member)
         self._write(state.id, op)

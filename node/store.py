@@ -149,15 +149,32 @@ class Store:
         Acceptance order is causal order (every entry was accepted after what it depends on),
         so a peer can accept a batch in this order without waiting.
         """
+        return [raw for _, raw in self.missing_rows(doc, vector, limit, upto)]
+
+    def missing_rows(self, doc: str, vector: dict[str, int], limit: int, upto: int | None = None,
+                     after: int = 0) -> list[tuple[int, bytes]]:
+        """(rowid, raw) of up to `limit` entries of `doc` beyond `vector` and stored after rowid
+        `after` (a cursor), in stored order.
+
+        The scan starts at the first entry the peer lacks: the first stored of the devices'
+        entries at the seq after the peer's (an entry is stored only after the one it follows,
+        so every later entry of a device comes after it). Each batch of a long sync thus reads
+        what it sends, not the whole document again.
+        """
         conn = self.db.conn
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS peer_vector (device TEXT PRIMARY KEY, seq INTEGER)")
         conn.execute("DELETE FROM peer_vector")
         conn.executemany("INSERT OR REPLACE INTO peer_vector VALUES (?, ?)", list(vector.items()))
-        rows = conn.execute(
-            "SELECT e.raw FROM entries e LEFT JOIN peer_vector v ON v.device = e.device"
-            " WHERE e.doc = ? AND e.seq > COALESCE(v.seq, 0) AND e.rowid <= ? ORDER BY e.rowid LIMIT ?",
-            [doc, upto if upto is not None else 2**62, limit])
-        return [r[0] for r in rows]
+        first = conn.execute(
+            "SELECT MIN(e.rowid) FROM entries e LEFT JOIN peer_vector v ON v.device = e.device"
+            " WHERE e.doc = ? AND e.seq = COALESCE(v.seq, 0) + 1", [doc]).fetchone()[0]
+        if first is None:
+            return []
+        return conn.execute(
+            "SELECT e.rowid, e.raw FROM entries e NOT INDEXED LEFT JOIN peer_vector v ON v.device = e.device"
+            " WHERE e.rowid >= ? AND e.rowid > ? AND e.rowid <= ? AND e.doc = ? AND e.seq > COALESCE(v.seq, 0)"
+            " ORDER BY e.rowid LIMIT ?",
+            [first, after, upto if upto is not None else 2**62, doc, limit]).fetchall()
 
     def device_entries(self, doc: str, device: str) -> list[bytes]:
         """Every held entry of one device in a document, every branch, in stored order."""

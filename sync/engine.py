@@ -181,7 +181,7 @@ class SyncEngine:
         if self.node.call(carry.is_retired, b32(client.peer_device_key)):
             raise Unreachable(f"the node at {address} is a device its member retired: not syncing with it")
         received, sent = protocol.run_exchange(self.node.call, peer_member,
-                                               lambda name, body: self._call(client, name, body))
+                                               lambda name, body: self._call(client, name, body), prefetch=True)
         self.node.call(self.book.note, peer_member, address, source, True)
         return {"received": received, "sent": sent, "peer": peer_member}
 

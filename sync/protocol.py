@@ -10,12 +10,13 @@ Functions taking `service` run on the node thread (worker.NodeThread.call).
 """
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 from node.ids import is_key_id
 
 MAX_ROUNDS = 10_000
 
-BATCH_ENTRIES = 5_000
+BATCH_ENTRIES = 10_000
 BATCH_BYTES = 8 * 1024 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_DOCS = 10_000
@@ -189,39 +190,72 @@ def missing_for(service, peer_member: str, have: dict, limit: int | None = None,
     """Entries the peer lacks, only of documents they may see; (entries, more left).
 
     `their_forks` (None from a peer that does not send it) is the peer's `fork_counts`."""
+    entries, more, _ = missing_batch(service, peer_member, have, limit, their_heads, their_forks)
+    return entries, more
+
+
+def missing_batch(service, peer_member: str, have: dict, limit: int | None = None,
+                  their_heads: dict | None = None, their_forks: dict | None = None,
+                  after: dict | None = None) -> tuple[list[bytes], bool, dict]:
+    """(entries, more left, cursor): entries the peer lacks, only of documents they may see,
+    skipping what a previous batch of the same exchange covered (`after`: document -> the
+    stored position up to which it was sent); the cursor says how far this batch got.
+
+    The cursor matters for a document the peer holds but did not offer (it does not know yet
+    that I may see it): without one, every batch would start again with entries it holds.
+    """
     limit = BATCH_ENTRIES if limit is None else limit
     their_heads = their_heads or {}
+    after = after or {}
     out: list[bytes] = []
+    cursor: dict[str, int] = {}
     size = 0
     for doc, upto in peer_scope(service, peer_member).items():
         if len(out) >= limit or size >= BATCH_BYTES:
-            return out, True
+            return out, True, cursor
         vector = have.get(doc, {})
         batch = []
         forks = None if their_forks is None else their_forks.get(doc, {})
         for device in forked_devices(service, doc, vector, their_heads.get(doc, {}), forks) if upto is None else ():
-            batch.extend(service.store.device_entries(doc, device))
+            batch.extend((None, raw) for raw in service.store.device_entries(doc, device))
         if not batch and vector == vectors(service, [doc])[doc]:
             continue
-        batch += service.store.missing(doc, vector, limit - len(out) + 1, upto)
-        for raw in batch:
+        batch += service.store.missing_rows(doc, vector, limit - len(out) + 1, upto, after.get(doc, 0))
+        for rowid, raw in batch:
             if len(out) >= limit or size + len(raw) > BATCH_BYTES:
-                return out, True
+                return out, True, cursor
             out.append(raw)
             size += len(raw)
-    return out, False
+            if rowid is not None:
+                cursor[doc] = rowid
+    return out, False, cursor
+
+
+def check_after(value) -> dict[str, int]:
+    """A {doc: stored position} cursor from a peer, shape-checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_DOCS:
+        raise ProtocolError("after must be a map of documents")
+    for doc, rowid in value.items():
+        if not (isinstance(doc, str) and len(doc) == 64) or not isinstance(rowid, int) \
+                or isinstance(rowid, bool) or rowid < 0:
+            raise ProtocolError("a cursor entry is malformed")
+    return value
 
 
 def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
     """The server's answer to an exchange: what the client lacks, and my vectors."""
     have = check_vectors(meta.get("have", {}))
-    entries, more = missing_for(service, peer_member, have, their_heads=check_heads(meta.get("heads")),
-                                their_forks=check_forks(meta.get("forks")))
+    after = check_after(meta.get("after"))
+    entries, more, cursor = missing_batch(service, peer_member, have, their_heads=check_heads(meta.get("heads")),
+                                          their_forks=check_forks(meta.get("forks")), after=after)
     # Receiving is safe from anyone (every entry is checked on its own signature and author), so
     # the client may push any document it offered, even one whose news has not reached me yet
     # that it is a member (it may be carrying its own admission).
     want = summary(service, list(have))
-    return pack({"more": more, "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"]},
+    return pack({"more": more, "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"],
+                 "after": {**after, **cursor}},
                 entries)
 
 
@@ -255,26 +289,52 @@ def serve(service, peer_member: str, name: str, body: bytes) -> bytes:
     raise ProtocolError(f"no such sync call: {name}")
 
 
-def run_exchange(run, peer_member: str, remote) -> tuple[int, int]:
+def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple[int, int]:
     """The client's side of one full exchange; returns (received, sent).
 
     `run(fn, *args)` calls `fn(service, *args)` on my node; `remote(name, body) -> bytes` asks
     the peer. Over HTTPS these are NodeThread.call and SyncClient.call; in a simulation, plain
     function calls, so many nodes can be driven in one process.
+
+    With `prefetch` (when `remote` may be called from another thread), the next batch is asked
+    for while this one is being taken in: the request carries the cursor of the batch in hand,
+    so the peer prepares and sends what follows it, and both ends work at once.
     """
     received = sent = 0
     want: dict = {}
     want_heads: dict = {}
     want_forks: dict | None = None
-    for _ in range(MAX_ROUNDS):
-        reply_meta, entries = unpack(remote("exchange", pack(run(offer, peer_member))))
-        result = run(take_entries, entries)
-        received += len(result.accepted) + result.void
-        want = check_vectors(reply_meta.get("want", {}))
-        want_heads = check_heads(reply_meta.get("want_heads"))
-        want_forks = check_forks(reply_meta.get("want_forks"))
-        if not reply_meta.get("more") or not (result.accepted or result.void):
-            break
+    after: dict = {}
+    pool = ThreadPoolExecutor(1, thread_name_prefix="crewnode-prefetch") if prefetch else None
+    try:
+        opening = run(offer, peer_member)
+        reply = remote("exchange", pack(opening))
+        for _ in range(MAX_ROUNDS):
+            reply_meta, entries = unpack(reply)
+            want = check_vectors(reply_meta.get("want", {}))
+            want_heads = check_heads(reply_meta.get("want_heads"))
+            want_forks = check_forks(reply_meta.get("want_forks"))
+            moved = check_after(reply_meta.get("after"))
+            more = bool(reply_meta.get("more"))
+            ahead = None
+            if pool is not None and more and moved != after:
+                ahead = pool.submit(remote, "exchange", pack({**opening, "after": moved}))
+            result = run(take_entries, entries)
+            received += len(result.accepted) + result.void
+            if not more:
+                break
+            if not (result.accepted or result.void) and moved == after:
+                break                                   # no progress: stop rather than ask again
+            after = moved
+            if ahead is not None:
+                reply = ahead.result()
+            else:
+                opening = run(offer, peer_member)
+                opening["after"] = after
+                reply = remote("exchange", pack(opening))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     for _ in range(MAX_ROUNDS):
         entries, more = run(missing_for, peer_member, want, None, want_heads, want_forks)
         if not entries:

@@ -1,0 +1,100 @@
+"""sync.protocol between in-memory Services: batching, cursors, prefetching.
+
+Exchanges run through `protocol.run_exchange` with `protocol.serve` as the remote, exactly the
+bytes the HTTPS transport would carry, with a small batch size so that long documents take
+many rounds.
+"""
+import pytest
+
+from factories import congregation, copy_docs
+from node.service import Service
+from sync import protocol
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(protocol, "BATCH_ENTRIES", 3)
+
+
+def exchange(client, server):
+    return protocol.run_exchange(lambda fn, *a: fn(client, *a), server.me,
+                                 lambda name, body: protocol.serve(server, client.me, name, body))
+
+
+def crew_members(svc, crew):
+    return set(svc.states[crew].members)
+
+
+def test_a_document_the_client_does_not_offer_is_sent_past_what_it_holds(tmp_path, small_batches):
+    """The server holds a crew the client is in, but the client does not know yet that the
+    server is in it too (so it does not offer that crew): the server sends the crew from its
+    start, and the exchange must go on past the entries the client holds already (a cursor),
+    not stop at the first batch that brings nothing new."""
+    (ada, bea, cy, dee), cid = congregation(tmp_path, ("Ada", "Bea", "Cy", "Dee"))
+    crew = bea.create_crew(cid, "Kitchen", "", [cy.me])["id"]
+    for i in range(7):                                  # more than two batches of crew entries
+        bea.propose(crew, f"Shelf {i}", "")
+    copy_docs(bea, cy)                                  # Cy holds the crew as it was
+    bea.add_crew_member(crew, dee.me)                   # then Dee joins it
+    copy_docs(bea, dee)
+    assert dee.me not in crew_members(cy, crew)
+    # Cy asks Dee: Cy does not offer the crew (Dee is not in it, as far as Cy knows).
+    assert crew not in protocol.offer(cy, dee.me)["have"]
+    received, _ = exchange(cy, dee)
+    assert received == 1                                # the addition, past 8 entries Cy holds
+    assert dee.me in crew_members(cy, crew)
+    assert exchange(cy, dee) == (0, 0)
+
+
+def test_a_long_history_arrives_in_batches_and_a_second_exchange_moves_nothing(tmp_path, small_batches):
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    crews = [ada.create_crew(cid, f"Crew {i}", "", [bea.me])["id"] for i in range(3)]
+    for i in range(5):
+        ada.propose(cid, f"Topic {i}", "")
+        for crew in crews:
+            ada.propose(crew, f"Crew topic {i}", "")
+    received, sent = exchange(bea, ada)
+    assert sent == 0 and received == sum(ada.states[d].count for d in crews) + 5
+    for doc in [cid, *crews]:
+        assert bea.states[doc].vector == ada.states[doc].vector
+    assert exchange(bea, ada) == (0, 0)
+    assert exchange(ada, bea) == (0, 0)
+
+
+def test_a_cursor_from_the_peer_is_shape_checked(tmp_path):
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    for after in ([], {"x": 1}, {cid: -1}, {cid: "7"}, {cid: True}):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.serve(ada, bea.me, "exchange", protocol.pack({"have": {}, "after": after}))
+    # A cursor past everything: nothing more of that document.
+    meta, entries = protocol.unpack(protocol.serve(ada, bea.me, "exchange",
+                                                   protocol.pack({"have": {}, "after": {cid: 10**12}})))
+    assert entries == [] and meta["more"] is False
+
+
+def test_prefetching_the_next_batch_brings_the_same(tmp_path, small_batches):
+    """With prefetch the next batch is asked for while the last is taken in (as the engine does
+    over HTTPS): each Service on its own NodeThread, as in a running node."""
+    from node.worker import NodeThread
+
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    crew = ada.create_crew(cid, "Kitchen", "", [bea.me])["id"]
+    for i in range(6):
+        ada.propose(cid, f"Topic {i}", "")
+        ada.propose(crew, f"Crew topic {i}", "")
+    bea.propose(cid, "From Bea", "")
+    homes = ada.home, bea.home
+    ada.close()
+    bea.close()
+    server, client = (NodeThread(lambda home=home: Service(home)) for home in homes)
+    try:
+        server_me, client_me = server.call(lambda s: s.me), client.call(lambda s: s.me)
+        remote = lambda name, body: server.call(protocol.serve, client_me, name, body)  # noqa: E731
+        received, sent = protocol.run_exchange(client.call, server_me, remote, prefetch=True)
+        assert (received, sent) == (13, 1)
+        for doc in (cid, crew):
+            assert client.call(lambda s: s.states[doc].vector) == server.call(lambda s: s.states[doc].vector)
+        assert protocol.run_exchange(client.call, server_me, remote, prefetch=True) == (0, 0)
+    finally:
+        server.stop()
+        client.stop()
