@@ -178,7 +178,7 @@ def device_certs(store, member: str) -> dict[str, dict]:
         cert = decode_entry(raw).op.get("cert")
         if isinstance(cert, dict) and cert.get("person") == member:
             out.setdefault(cert["device"], cert)
-        for device, record in (store.get("devices", {}) or {}).items():
+    for device, record in (store.get("devices", {}) or {}).items():
         cert = record.get("cert")
         if isinstance(cert, dict) and cert.get("person") == member:
             out.setdefault(device, cert)
