@@ -103,6 +103,9 @@ class SyncEngine:
         self.server = SyncServer(host, port, self.identity.device_key, self.identity.cert_blob,
                                  verify_peer, self.handle)
         self._peer_locks: dict[str, threading.Lock] = {}
+        # Authenticated clients kept per address between syncs (used under that address's lock):
+        # the next sync skips hello/auth, and the TLS handshake too while the connection lasts.
+        self._clients: dict[str, SyncClient] = {}
         self._locks_guard = threading.Lock()
         self._stop = threading.Event()
         self._retry_thread = threading.Thread(target=self._retry_loop, name="crewnode-join-retry", daemon=True)
@@ -123,6 +126,10 @@ class SyncEngine:
         """Stop listening; exchanges under way end with their connections. Saves the peer book."""
         self._stop.set()
         self.server.stop()
+        with self._locks_guard:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
         try:
             self.node.call(self.book.save)
         except Exception:                                   # noqa: BLE001 - stopping goes on
@@ -164,11 +171,37 @@ class SyncEngine:
         """One full exchange with the node at `address`: {"received": n, "sent": n}."""
         address = check_address(address)
         with self._lock_for(address):
+            with self._locks_guard:
+                client = self._clients.pop(address, None)
+            if client is not None:
+                try:
+                    result = self._exchange(client, address, source)
+                except Unreachable as exc:
+                    # The kept connection may be stale, or another node took that address: once
+                    # more with a fresh connection, which authenticates the peer anew.
+                    log.info("sync with %s on a kept connection failed (%s); reconnecting", address, exc)
+                    client.close()
+                except BaseException:
+                    client.close()
+                    raise
+                else:
+                    self._keep(address, client)
+                    return result
             client = self._connect_or_explain(address)
             try:
-                return self._exchange(client, address, source)
-            finally:
+                result = self._exchange(client, address, source)
+            except BaseException:
                 client.close()
+                raise
+            self._keep(address, client)
+            return result
+
+    def _keep(self, address: str, client: SyncClient) -> None:
+        with self._locks_guard:
+            if self._stop.is_set():
+                client.close()
+            else:
+                self._clients[address] = client
 
     def _connect_or_explain(self, address: str) -> SyncClient:
         try:
