@@ -107,6 +107,7 @@ class SyncEngine:
         # the next sync skips hello/auth, and the TLS handshake too while the connection lasts.
         self._clients: dict[str, SyncClient] = {}
         self._locks_guard = threading.Lock()
+        self._joining = threading.Lock()
         self._stop = threading.Event()
         self._retry_thread = threading.Thread(target=self._retry_loop, name="crewnode-join-retry", daemon=True)
         self.book = PeerBook()
@@ -238,13 +239,14 @@ class SyncEngine:
             address = check_address(address)
         self.node.call(_note_join, key, proof, address)
         if address:
-            try:
-                self._try_join(key, address)
-            except JoinRefused as exc:
-                self.node.call(_forget_join, key)
-                raise exc
-            except Unreachable as exc:
-                log.info("join at %s: %s; will retry", address, exc)
+            with self._joining:
+                try:
+                    self._try_join(key, address)
+                except JoinRefused as exc:
+                    self.node.call(_forget_join, key)
+                    raise exc
+                except Unreachable as exc:
+                    log.info("join at %s: %s; will retry", address, exc)
         self.retry_joins()
         return self.node.call(_join_status, key)
 
@@ -272,18 +274,24 @@ class SyncEngine:
         self.node.call(_finish_join, key, cid)
 
     def retry_joins(self, addresses=None) -> None:
-        """Try pending joins again: at their own address, the given ones, and the LAN peers present."""
-        joins = self.node.call(lambda s: s.store.get("joins", {}))
-        lan = [p["address"] for p in self.autosync.view()] if self.autosync else []
-        for key, join in joins.items():
-            if join["status"] != "pending":
-                continue
-            for address in dict.fromkeys(([join["address"]] if join.get("address") else []) + list(addresses or []) + lan):
-                try:
-                    self._try_join(key, address)
-                    break
-                except (Unreachable, JoinRefused, Invalid) as exc:
-                    log.info("join retry at %s: %s", address, exc)
+        """Try pending joins again: at their own address, the given ones, and the LAN peers present.
+
+        One round at a time (the API, the retry loop and each discovered peer all start rounds):
+        two rounds at once could present one invite to two members' nodes, and both would admit.
+        """
+        with self._joining:
+            joins = self.node.call(lambda s: s.store.get("joins", {}))
+            lan = [p["address"] for p in self.autosync.view()] if self.autosync else []
+            for key, join in joins.items():
+                if join["status"] != "pending":
+                    continue
+                for address in dict.fromkeys(([join["address"]] if join.get("address") else [])
+                                             + list(addresses or []) + lan):
+                    try:
+                        self._try_join(key, address)
+                        break
+                    except (Unreachable, JoinRefused, Invalid) as exc:
+                        log.info("join retry at %s: %s", address, exc)
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(JOIN_RETRY_S):
