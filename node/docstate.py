@@ -65,6 +65,11 @@ class Agreement:
         members = sorted(self.members.values(), key=lambda m: m.joined)
         return [m.id for m in members if m.joined < key and m.id != subject]
 
+    def is_entitled(self, member: str) -> bool:
+        """`member in self.entitled`, without sorting every member to build the list."""
+        found = self.members.get(member)
+        return found is not None and found.joined < self.first[0] and member != self.subject
+
     @property
     def versions(self) -> dict:
         """Version hash -> Version, the proposal's own text first."""

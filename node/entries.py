@@ -27,7 +27,11 @@ class EntryError(ValueError):
 
 @dataclass
 class Entry:
-    """One decoded entry; `raw` is exactly the bytes that were hashed and signed."""
+    """One decoded entry; `raw` is exactly the bytes that were hashed and signed.
+
+    The header's fields are also plain attributes (doc, device, seq, prev, at, op, cert,
+    is_genesis), read once: the accept pipeline reads them many times per entry.
+    """
 
     hash: str
     header: dict
@@ -35,38 +39,16 @@ class Entry:
     sig: bytes
     raw: bytes = field(repr=False)
 
-    @property
-    def doc(self) -> str:
-        """The document id; a genesis entry names its own hash."""
-        return self.header["doc"] or self.hash
-
-    @property
-    def device(self) -> str:
-        return self.header["dev"]
-
-    @property
-    def seq(self) -> int:
-        return self.header["seq"]
-
-    @property
-    def prev(self) -> str:
-        return self.header["prev"]
-
-    @property
-    def at(self) -> int:
-        return self.header["at"]
-
-    @property
-    def op(self) -> dict:
-        return self.header["op"]
-
-    @property
-    def cert(self) -> dict | None:
-        return self.header.get("cert")
-
-    @property
-    def is_genesis(self) -> bool:
-        return self.header["doc"] == ""
+    def __post_init__(self) -> None:
+        header = self.header
+        self.is_genesis: bool = header["doc"] == ""
+        self.doc: str = header["doc"] or self.hash      # a genesis entry names its own hash
+        self.device: str = header["dev"]
+        self.seq: int = header["seq"]
+        self.prev: str = header["prev"]
+        self.at: int = header["at"]
+        self.op: dict = header["op"]
+        self.cert: dict | None = header.get("cert")
 
     def signature_holds(self) -> bool:
         """Check this entry's own signature against its device key."""

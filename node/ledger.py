@@ -14,6 +14,7 @@ every held entry by a fixed procedure, the same on every node whatever order ent
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from . import snapshots
 from .docstate import DocState, membership_event, order_key
 from .entries import EntryError, decode_entry, verify_runs
 from .rules import Pending, Refused, Void, check_genesis, check_op
@@ -48,16 +49,22 @@ class Ledger:
         self.devices: dict[str, str] = {}                # device id -> member id
         self.heads: dict[tuple, tuple] = store.heads()   # (doc, device) -> (seq, hash) of the kept branch
         self._since_snapshot: dict[str, int] = {}
+        self._facts_at: dict[str, int] = {}               # doc -> its entry count when its facts were saved
         self._batch: dict[tuple, list] = {}              # (doc, device, seq) -> hashes held in this batch
         self._held: set[str] = set()                     # candidates of this batch held already
         self._load()
 
     def _load(self) -> None:
+        self.devices.update(self.store.device_authors())
         for doc in self.store.doc_ids():
             snap = self.store.snapshot(doc)
             upto, state_bytes = snap if snap else (0, None)
-            state = None
-            for rowid, author, entry, status, reason in self.store.held_entries(doc):
+            # The facts as of a snapshot, when usable: then only the entries after it are replayed.
+            restored = snapshots.load_facts(self.store.snapshot_facts(doc), state_bytes) if snap else None
+            facts_upto, state = restored if restored else (0, None)
+            if state is not None:
+                self._facts_at[doc] = state.count
+            for rowid, author, entry, status, reason in self.store.held_entries(doc, facts_upto):
                 self.devices[entry.device] = author
                 if state is None:
                     state = DocState(doc, entry)
@@ -124,7 +131,8 @@ class Ledger:
         candidates = {**waiting, **fresh}
         decided, reasons, recompute = self._settle(candidates, result)
         result.pending = sum(1 for h in reasons if h in fresh)
-        self._commit(decided, reasons, candidates, set(waiting))
+        # Received entries are still held by whoever sent them: no fsync of their own (Store.atomic).
+        self._commit(decided, reasons, candidates, set(waiting), durable=False)
         result.accepted = [e for e, _, why in decided if why is None]
         result.void = sum(1 for _, _, why in decided if why is not None)
         for doc in recompute:
@@ -261,21 +269,21 @@ class Ledger:
         if entry.op.get("t") in ("propose", "commit"):
             state.void_ids.add(entry.op.get("agreement") or entry.op.get("commitment"))
 
-    def _commit(self, decided, reasons, candidates, was_pending: set) -> None:
+    def _commit(self, decided, reasons, candidates, was_pending: set, durable: bool = True) -> None:
         rows = [(e.hash, e.doc, e.device, e.seq, author, e.at, e.op["t"], e.raw,
                  "accepted" if why is None else "void", why) for e, author, why in decided]
         newly_waiting = [(h, candidates[h].doc, candidates[h].raw, reason, candidates[h].at)
                          for h, reason in reasons.items() if h not in was_pending]
         done = [h for h in was_pending if h not in reasons]
         room = MAX_PENDING - self.store.pending_count()
-        with self.store.atomic():
+        for entry, _, _ in decided:
+            self._since_snapshot[entry.doc] = self._since_snapshot.get(entry.doc, 0) + 1
+        due = [doc for doc, count in self._since_snapshot.items() if count >= SNAPSHOT_EVERY]
+        with self.store.atomic(durable):
             self.store.insert_entries(rows)
             self.store.add_pending(newly_waiting[:max(room, 0)])
             self.store.drop_pending(done)
-        for entry, _, _ in decided:
-            self._since_snapshot[entry.doc] = self._since_snapshot.get(entry.doc, 0) + 1
-        for doc, count in list(self._since_snapshot.items()):
-            if count >= SNAPSHOT_EVERY:
+            for doc in due:                              # in the same transaction: no fsync of its own
                 self.snapshot(doc)
 
     # -- recomputing -------------------------------------------------------------------------
@@ -315,6 +323,7 @@ class Ledger:
         with self.store.atomic():
             self.store.set_statuses(verdicts)
             self.store.drop_snapshot(doc)
+        self._facts_at.pop(doc, None)
         self.states[doc] = state
         for key in [k for k in self.heads if k[0] == doc]:
             del self.heads[key]
@@ -322,11 +331,21 @@ class Ledger:
         return state
 
     def snapshot(self, doc: str | None = None) -> None:
-        """Save pycrdt snapshots (of one or all documents) so the next start skips replay."""
+        """Save snapshots (of one or all documents) so the next start skips replay.
+
+        All documents (at a clean stop): content and facts. One document (every SNAPSHOT_EVERY
+        entries): its pycrdt content, and its facts only when it has doubled since they were
+        last saved, so that saving them costs little in all (they are much bigger).
+        """
         upto = self.store.max_rowid()
         for doc_id in [doc] if doc else list(self.states):
             state = self.states[doc_id]
-            self.store.save_snapshot(doc_id, upto, state.ydoc.get_update())
+            facts = None
+            if doc is None or state.count - self._facts_at.get(doc_id, 0) >= max(SNAPSHOT_EVERY,
+                                                                                  self._facts_at.get(doc_id, 0)):
+                facts = snapshots.dump_facts(state, upto)
+                self._facts_at[doc_id] = state.count
+            self.store.save_snapshot(doc_id, upto, state.ydoc.get_update(), facts)
             self._since_snapshot[doc_id] = 0
 
 

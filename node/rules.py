@@ -8,6 +8,7 @@ whatever order entries arrived in. So no rule may depend on which of two entries
 (say, two proposals reusing one id): those are settled when state is read, by a fixed order.
 """
 import datetime as dt
+import functools
 import re
 
 from .identity import IdentityError, check_device_cert, verify
@@ -78,6 +79,21 @@ def check_member_id(value, what: str = "member id") -> str:
     """A member id: a base32 Ed25519 public key."""
     require(is_key_id(value), f"{what} is not a member id")
     return value
+
+
+def check_member_ids(values: list, what: str = "member id") -> None:
+    """Every item of a list is a member id (as check_member_id). A proposal lists every member,
+    and the same list comes again and again, so the answer for a whole list is cached."""
+    try:
+        ok = _all_member_ids(tuple(values))
+    except TypeError:                                  # something unhashable: not ids
+        ok = False
+    require(ok, f"{what} is not a member id")
+
+
+@functools.lru_cache(maxsize=256)
+def _all_member_ids(values: tuple) -> bool:
+    return all(is_key_id(v) for v in values)
 
 
 def invite_message(invite_key: str, member_id: str) -> bytes:
@@ -183,8 +199,7 @@ def _propose(entry, author, state):
     # from membership (Agreement.entitled), never taken from it.
     entitled = op.get("entitled", [])
     require(isinstance(entitled, list), "entitled must be a list of member ids")
-    for member in entitled:
-        check_member_id(member)
+    check_member_ids(entitled)
     if op.get("kind") == "removal":
         subject = check_member_id(op.get("subject"), "member to remove")
         require(subject not in entitled, "the member concerned cannot respond to their own removal")
@@ -210,7 +225,7 @@ def _respond(entry, author, state):
     op = entry.op
     agreement = _agreement(state, op)
     require(op.get("response") in RESPONSES, "response must be consent, object or stand_aside")
-    require(author in agreement.entitled, "you are not among the members entitled to respond to this agreement")
+    require(agreement.is_entitled(author), "you are not among the members entitled to respond to this agreement")
     reason = check_text(op.get("reason", ""), "reason", MAX_REASON, required=False)
     require(op["response"] != "object" or reason, "an objection needs a reason")
     if _ref(op, "version", "version") not in agreement.versions:
