@@ -176,6 +176,7 @@ class DocState:
         self.agreements: dict[str, Agreement] = {}
         self.commitments: dict[str, Commitment] = {}
         self.retired_devices: dict[str, int] = {}      # device -> last seq of it that counts
+        self.admitted_by: dict[str, list] = {}          # member -> [(order key, author, device, seq)] of admissions
         self.devices: dict[str, str] = {}               # device -> member, for devices that wrote here
         self.exits: dict[str, list] = {}                # member -> [Exit]
         self.readmissions: dict[str, list] = {}         # member -> [(order key, {device: seq})]
@@ -205,13 +206,14 @@ class DocState:
         self.devices[entry.device] = author
         if entry.body:
             self.ydoc.apply_update(entry.body)
+        admitter = (key, author, entry.device, entry.seq)
         if kind == "genesis":
-            self._admit(author, key)
+            self._admit(author, key, admitter)
             self._name(author, key, op.get("name"))
             for member, name in (op.get("names") or {}).items():
                 self._name(member, key, name)
             for member in op.get("members", []):
-                self._admit(member, key)
+                self._admit(member, key, admitter)
         elif kind == "name":
             self._name(author, key, op["name"])
         elif kind == "invite":
@@ -220,7 +222,7 @@ class DocState:
         elif kind == "admit":
             if "resume" in op:
                 self.readmissions.setdefault(op["member"], []).append((key, op["resume"]))
-            self._admit(op["member"], key)
+            self._admit(op["member"], key, admitter)
             self._name(op["member"], key, op.get("name"))
             invite = self.invites.get(op["invite"])
             if invite is not None:
@@ -228,7 +230,7 @@ class DocState:
         elif kind == "add":
             if "resume" in op:
                 self.readmissions.setdefault(op["member"], []).append((key, op["resume"]))
-            self._admit(op["member"], key)
+            self._admit(op["member"], key, admitter)
         elif kind == "propose":
             agreement = self.agreements.setdefault(op["agreement"], Agreement(op["agreement"], self.members))
             agreement.proposals.append((key, entry, author))
@@ -271,7 +273,8 @@ class DocState:
             target = self.effective_exits if kind == "exit" else self.effective_readmissions
             target.setdefault(member, []).append(value)
 
-    def _admit(self, member: str, key: tuple) -> None:
+    def _admit(self, member: str, key: tuple, admitter: tuple) -> None:
+        self.admitted_by.setdefault(member, []).append(admitter)
         known = self.members.get(member)
         if known is None:
             known = self.members[member] = Member(member, key)
@@ -295,6 +298,24 @@ class DocState:
                 return {"left": "written after its author left", "removed": "written after its author was removed",
                         "retired": "written by a device after it was retired"}[exit_.kind]
         return None
+
+    def admitted_through(self, member: str, devices: dict, before: tuple) -> set[str]:
+        """Members whose every admission before `before` is an entry of `member`'s devices after
+        the seqs `devices` keeps (a device not named keeps nothing), or one by such a member:
+        those a cut of `member` at `devices` takes out with the entries it does not keep."""
+        out: set[str] = set()
+        grown = True
+        while grown:
+            grown = False
+            for other, admissions in self.admitted_by.items():
+                if other in out or other == member:
+                    continue
+                early = [a for a in admissions if a[0] < before]
+                if early and all((author == member and seq > devices.get(device, 0)) or author in out
+                                 for _, author, device, seq in early):
+                    out.add(other)
+                    grown = True
+        return out
 
     def _name(self, member: str, key: tuple, name: str | None) -> None:
         if name and (member not in self.names or key > self.names[member][0]):

@@ -239,7 +239,8 @@ class Ledger:
         if entry.seq != head[0] + 1 or entry.prev != head[1]:
             return author, FORKED, False                # continues a branch that was not kept
         op = entry.op
-        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and "resume" in op)
+        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and
+                                              ("resume" in op or _before_a_removal(state, entry)))
         try:
             check_op(entry, author, state)
         except Void as exc:
@@ -347,6 +348,18 @@ class Ledger:
                 self._facts_at[doc_id] = state.count
             self.store.save_snapshot(doc_id, upto, state.ydoc.get_update(), facts)
             self._since_snapshot[doc_id] = 0
+
+
+def _before_a_removal(state: DocState, entry) -> bool:
+    """True when an admission comes before the proposal of a removal carried out here: the
+    member it admits was entitled to answer that round, so whether the cut counts may change."""
+    key = order_key(entry)
+    for exits in state.exits.values():
+        for exit_ in exits:
+            agreement = state.agreements.get(exit_.agreement) if exit_.kind == "removed" else None
+            if agreement is not None and key < agreement.first[0]:
+                return True
+    return False
 
 
 def kept_branches(entries: list, authors: dict) -> tuple[list, list]:

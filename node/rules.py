@@ -310,18 +310,33 @@ def _cut(entry, author, state):
     _check_devices(op.get("devices"))
     evidence = op.get("evidence")
     require(isinstance(evidence, dict), "a cut carries the evidence of consent")
+    # Whether a removal was agreed depends on who was entitled to respond, which entries arriving
+    # later can change: what the cut lacks makes it void (held, and decided again by every
+    # recompute), never refused, so that every node holds it and decides it alike. Members
+    # admitted only through the removed member's entries that this very cut drops do not count.
+    dropped = state.admitted_through(op["member"], op["devices"], agreement.first[0])
     for member in agreement.entitled:
+        if member in dropped:
+            continue
         proof = evidence.get(member)
-        require(isinstance(proof, str), f"the cut lacks evidence for {member[:8]}")
-        if not _consented(agreement, member, proof) and not _exited(state, member, proof):
+        if not isinstance(proof, str):
+            raise Void(f"the removal was not agreed: no consent of {member[:8]}, who is entitled to respond")
+        if proof in state.void:
+            raise Void("the removal was not agreed: its evidence includes an entry that does not count")
+        consented = _consented(agreement, member, proof)
+        if consented is False:
+            raise Void(f"the removal was not agreed: the evidence for {member[:8]} is not their consent")
+        if consented is None and not _exited(state, member, proof):
             raise Pending("the responses that agreed this removal have not all arrived")
 
 
-def _consented(agreement, member: str, proof: str) -> bool:
+def _consented(agreement, member: str, proof: str) -> bool | None:
+    """Whether `proof` is the member's consent (or stand-aside) to the removal; None if no
+    response of theirs has that hash (yet)."""
     for (version, key), (response, _) in agreement.responses.get(member, {}).items():
         if key[1] == proof:
             return version == agreement.first[1].hash and response in ("consent", "stand_aside")
-    return False
+    return None
 
 
 def _exited(state, member: str, proof: str) -> bool:
