@@ -187,6 +187,8 @@ class DocState:
         self.forks: list[dict] = []                     # evidence of forked device logs (set by the ledger)
         self.void: dict[str, str] = {}                  # hash -> why a held entry does not count
         self.void_ids: set[str] = set()                 # agreement/commitment ids defined by void entries
+        self.void_admitted: set[str] = set()            # members named by void admissions
+        self.void_invites: set[str] = set()             # invite keys of void invites
         self.splits: list[dict] = []                    # congregations split off from this one
         self.moves: list[tuple] = []                    # (order key, congregation) a crew moved to
         self.vector: dict[str, int] = {}

@@ -22,6 +22,7 @@ from .rules import Pending, Refused, Void, check_genesis, check_op
 MAX_PENDING = 200_000
 SNAPSHOT_EVERY = 2_000
 FORKED = "forked log: another entry of this device at the same seq was kept"
+DEPENDS = "it depends on an entry that does not count"
 MEMBERSHIP_OPS = {"leave", "cut", "retire_device"}
 
 
@@ -239,14 +240,21 @@ class Ledger:
         if entry.seq != head[0] + 1 or entry.prev != head[1]:
             return author, FORKED, False                # continues a branch that was not kept
         op = entry.op
-        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and
-                                              ("resume" in op or _before_a_removal(state, entry)))
+        again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and (
+            "resume" in op or op.get("member") in state.void_admitted or _before_a_removal(state, entry)))
         try:
             check_op(entry, author, state)
         except Void as exc:
             # A membership event void under the exits in effect here may come first in the fixed
             # order and void those exits instead: only a recompute can tell.
             return author, str(exc), again
+        except Pending:
+            # Waiting for what is held already but does not count would be waiting for ever here,
+            # while a recompute elsewhere holds the entry as void: decide it as void now. (What
+            # could still make it count, a valid admission of its author, triggers a recompute.)
+            if not waits_on_void(state, entry, author):
+                raise
+            return author, DEPENDS, again
         return author, None, again
 
     def _hold(self, entry, author: str, why: str | None) -> None:
@@ -267,8 +275,13 @@ class Ledger:
     @staticmethod
     def _note_void(state: DocState, entry, why: str) -> None:
         state.void[entry.hash] = why
-        if entry.op.get("t") in ("propose", "commit"):
+        kind = entry.op.get("t")
+        if kind in ("propose", "commit"):
             state.void_ids.add(entry.op.get("agreement") or entry.op.get("commitment"))
+        elif kind in ("admit", "add") and isinstance(entry.op.get("member"), str):
+            state.void_admitted.add(entry.op["member"])
+        elif kind == "invite" and isinstance(entry.op.get("key"), str):
+            state.void_invites.add(entry.op["key"])
 
     def _commit(self, decided, reasons, candidates, was_pending: set, durable: bool = True) -> None:
         rows = [(e.hash, e.doc, e.device, e.seq, author, e.at, e.op["t"], e.raw,
@@ -348,6 +361,24 @@ class Ledger:
                 self._facts_at[doc_id] = state.count
             self.store.save_snapshot(doc_id, upto, state.ydoc.get_update(), facts)
             self._since_snapshot[doc_id] = 0
+
+
+def waits_on_void(state: DocState, entry, author: str) -> bool:
+    """True when what a waiting entry needs is held here but void: its author (or the member a
+    commitment is by) was admitted only by void entries, its admission uses a void invite, or
+    its response answers a void revision."""
+    op = entry.op
+    if author not in state.members:
+        return author in state.void_admitted
+    kind = op.get("t")
+    if kind == "admit":
+        return op.get("invite") not in state.invites and op.get("invite") in state.void_invites
+    if kind == "commit":
+        return op.get("by") not in state.members and op.get("by") in state.void_admitted
+    if kind == "respond":
+        agreement = state.agreements.get(op.get("agreement"))
+        return agreement is not None and op.get("version") not in agreement.versions and op.get("version") in state.void
+    return False
 
 
 def _before_a_removal(state: DocState, entry) -> bool:
@@ -452,7 +483,7 @@ def replay(doc: str, genesis, authors: dict, kept: list, applied: set) -> tuple[
         if not progress:
             stuck = [e for e in still if e.seq == done[e.device] + 1]
             for entry in stuck:
-                why = "it depends on an entry that does not count"
+                why = DEPENDS
                 verdicts[entry.hash] = why
                 Ledger._note_void(state, entry, why)
                 done[entry.device] = entry.seq

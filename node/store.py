@@ -103,6 +103,12 @@ class Store:
             "SELECT author, raw, reason FROM entries WHERE doc = ? AND status = 'void' ORDER BY rowid DESC LIMIT ?",
             [doc, limit]).fetchall()
 
+    def void_admissions(self, doc: str) -> list[tuple]:
+        """(rowid, author, Entry) of a document's admissions that do not count."""
+        return [(rowid, author, decode_entry(raw)) for rowid, author, raw in self.db.execute(
+            "SELECT rowid, author, raw FROM entries WHERE doc = ? AND status = 'void' AND kind IN ('admit', 'add')",
+            [doc])]
+
     def has_void(self, doc: str, reason: str) -> bool:
         """True when the document holds a void entry for that reason."""
         return self.db.execute("SELECT 1 FROM entries WHERE doc = ? AND reason = ? LIMIT 1",

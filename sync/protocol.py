@@ -100,6 +100,9 @@ def peer_scope(service, peer_member: str) -> dict[str, int | None]:
     for doc, state in service.states.items():
         member = state.members.get(peer_member)
         if member is None:
+            limit = void_admission_limit(service, doc, state, peer_member)
+            if limit:
+                out[doc] = limit
             continue
         if member.status == "active":
             out[doc] = None
@@ -108,6 +111,22 @@ def peer_scope(service, peer_member: str) -> dict[str, int | None]:
         if exits:
             out[doc] = service.store.rowid_of(max(exits, key=lambda x: x.key).hash) or 0
     return out
+
+
+def void_admission_limit(service, doc: str, state, peer_member: str) -> int | None:
+    """For a peer admitted only by entries that do not count (written by a member after they
+    were removed or left): the stored position of the later of that admission and its author's
+    exit, so that the peer's node learns its admission does not count, and why, and nothing
+    written after. None for anyone else."""
+    if peer_member not in state.void_admitted:
+        return None
+    limit = 0
+    for rowid, author, entry in service.store.void_admissions(doc):
+        if entry.op.get("member") != peer_member:
+            continue
+        exits = [service.store.rowid_of(x.hash) or 0 for x in state.exits.get(author, ()) if x.kind != "retired"]
+        limit = max(limit, rowid, *exits)
+    return limit or None
 
 
 def vectors(service, docs) -> dict[str, dict[str, int]]:
