@@ -100,7 +100,7 @@ class Store:
     def void_entries(self, doc: str, limit: int = 50) -> list[tuple]:
         """(author, raw, reason) of a document's held entries that do not count, newest first."""
         return self.db.execute(
-            "SELECT author, raw, reason FROM entries WHERE doc = ? AND status = 'void' ORDER BY rowid DESC LIMIT ?",
+            "SELECT author, raw, reason FROM entries WHERE doc = ? AND status = 'void' ORDER BY at DESC, hash DESC LIMIT ?",
             [doc, limit]).fetchall()
 
     def void_admissions(self, doc: str) -> list[tuple]:
