@@ -403,7 +403,7 @@ def kept_branches(entries: list, authors: dict) -> tuple[list, list]:
     for entry in entries:
         by_device[entry.device][entry.prev].append(entry)
     kept, forks = [], []
-    for device, children in by_device.items():
+    for device, children in sorted(by_device.items()):
         prev, seq = "", 1
         while True:
             options = sorted((e for e in children.get(prev, []) if e.seq == seq), key=lambda e: e.hash)
