@@ -11,6 +11,8 @@ kept and relayed like any other, never applied. Leaving, removal, readmission an
 which entries count, so they trigger `recompute`: the document's state is computed again from
 every held entry by a fixed procedure, the same on every node whatever order entries arrived in.
 """
+import functools
+import gc
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -24,6 +26,23 @@ SNAPSHOT_EVERY = 2_000
 FORKED = "forked log: another entry of this device at the same seq was kept"
 DEPENDS = "it depends on an entry that does not count"
 MEMBERSHIP_OPS = {"leave", "cut", "retire_device"}
+
+
+def _without_cyclic_gc(method):
+    """Run `method` with Python's cyclic garbage collector paused. A batch makes tens of
+    thousands of short-lived objects without cycles (freed by reference counting); meanwhile
+    the collector would walk every object of every document's state again and again."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            if paused:
+                gc.enable()
+    return wrapper
 
 
 @dataclass
@@ -85,11 +104,12 @@ class Ledger:
             self.states[doc] = state
             # What was stored came out of a full recompute, so every event accepted is in effect.
             state.take_effect(accepted_events(state))
-            if self.store.has_void(doc, FORKED):
+            if FORKED in state.void.values():          # every void entry held is noted there, with its reason
                 self.recompute(doc)
 
     # -- accepting ---------------------------------------------------------------------------
 
+    @_without_cyclic_gc
     def ingest(self, raws: list[bytes], allowed_docs=None, retry_docs=()) -> IngestResult:
         """Check and store a batch of received entries; retry what waited on them.
 

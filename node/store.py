@@ -226,13 +226,26 @@ class Store:
             [doc, limit]).fetchall()
 
     def heads(self) -> dict[tuple, tuple]:
-        """(doc, device) -> (seq, hash) of the newest entry on each log's kept branch."""
+        """(doc, device) -> (seq, hash) of the newest entry on each log's kept branch.
+
+        Each log's last entry comes from the (doc, device, seq) index, without reading the table;
+        only a log whose last entry is on a dropped branch of a fork is looked at in full.
+        """
         kept = "NOT (status = 'void' AND reason LIKE 'forked log%')"
-        rows = self.db.execute(
-            f"SELECT e.doc, e.device, e.seq, e.hash FROM entries e JOIN (SELECT doc, device, MAX(seq) AS seq"
-            f" FROM entries WHERE {kept} GROUP BY doc, device) m"
-            f" ON e.doc = m.doc AND e.device = m.device AND e.seq = m.seq WHERE {kept}")
-        return {(doc, device): (seq, h) for doc, device, seq, h in rows}
+        out: dict[tuple, tuple] = {}
+        for doc, device, top in self.db.execute("SELECT doc, device, MAX(seq) FROM entries GROUP BY doc, device"):
+            for h, status, reason in self.db.execute(
+                    "SELECT hash, status, reason FROM entries WHERE doc = ? AND device = ? AND seq = ?",
+                    [doc, device, top]):
+                if not (status == "void" and (reason or "").lower().startswith("forked log")):
+                    out[(doc, device)] = (top, h)
+            if (doc, device) not in out:
+                row = self.db.execute(
+                    f"SELECT seq, hash FROM entries WHERE doc = ? AND device = ? AND {kept} ORDER BY seq DESC LIMIT 1",
+                    [doc, device]).fetchone()
+                if row:
+                    out[(doc, device)] = (row[0], row[1])
+        return out
 
     def max_rowid(self) -> int:
         """The rowid of the newest entry."""
@@ -295,8 +308,11 @@ class Store:
         return row[0] if row and row[0] else None
 
     def device_authors(self) -> dict[str, str]:
-        """device -> member, for every device with a held entry."""
-        return dict(self.db.execute("SELECT device, author FROM entries GROUP BY device").fetchall())
+        """device -> member, for every device with a held entry (its first entry in each
+        document, found through the index: every entry of a device has the same author)."""
+        return dict(self.db.execute(
+            "SELECT e.device, e.author FROM (SELECT doc, device, MIN(seq) AS seq FROM entries GROUP BY doc, device) m"
+            " JOIN entries e ON e.doc = m.doc AND e.device = m.device AND e.seq = m.seq").fetchall())
 
     def get(self, key: str, default=None):
         """A setting, JSON-decoded."""
