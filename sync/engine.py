@@ -5,6 +5,7 @@ on the node thread through `NodeThread.call`.
 """
 import json
 import logging
+import struct
 import threading
 import time
 
@@ -112,6 +113,10 @@ class SyncEngine:
         self._retry_thread = threading.Thread(target=self._retry_loop, name="crewnode-join-retry", daemon=True)
         self.book = PeerBook()
         self.autosync = None                             # set by the runtime when discovery is on
+        # The member whose entries the node thread is taking in right now (None: my own writes).
+        # Set and read on the node thread only, so AutoSync's listener never pushes entries
+        # back to the peer they came from.
+        self.ingesting_from: str | None = None
 
     @property
     def port(self) -> int:
@@ -143,18 +148,35 @@ class SyncEngine:
         try:
             if name == "pair":                           # a second device of my member (issue 7)
                 return 200, pack(self.node.call(carry.answer_pairing, peer.device_key, unpack(body)[0]))
-            if self.node.call(carry.is_retired, b32(peer.device_key)):
-                return 403, _error("this device was retired by its member")
-            if name == "join":
-                reply = self.node.call(_admit, peer.member_id, unpack(body)[0])
-            else:
-                reply = self.node.call(protocol.serve, peer.member_id, name, body)
-            self.node.call(self.book.note, peer.member_id, None, "manual", name != "join")
-            return 200, reply
+            status, reply, started, shares = self.node.call(self._serve, peer.member_id, b32(peer.device_key),
+                                                            name, body)
+            if self.autosync is not None and name == "exchange" and not _more(reply):
+                self.autosync.served(peer.member_id, b32(peer.device_key), started, shares)
+            return status, reply
         except ProtocolError as exc:
             return 400, _error(str(exc))
         except NodeError as exc:
             return exc.status, _error(exc.message)
+
+    def _serve(self, service, member: str, device: str, name: str, body: bytes):
+        """On the node thread, in one turn: check, answer and note one request of a peer.
+
+        Returns (status, reply, when the answer began (monotonic), whether the peer shares a
+        document with me).
+        """
+        if carry.is_retired(service, device):
+            return 403, _error("this device was retired by its member"), 0.0, False
+        started = time.monotonic()
+        self.ingesting_from = member
+        try:
+            if name == "join":
+                reply = _admit(service, member, unpack(body)[0])
+            else:
+                reply = protocol.serve(service, member, name, body)
+        finally:
+            self.ingesting_from = None
+        self.book.note(service, member, None, "manual", name != "join")
+        return 200, reply, started, name == "exchange" and bool(protocol.shared_docs(service, member))
 
     # -- the client side --------------------------------------------------------------------------
 
@@ -214,10 +236,25 @@ class SyncEngine:
         peer_member = client.peer_member_id
         if self.node.call(carry.is_retired, b32(client.peer_device_key)):
             raise Unreachable(f"the node at {address} is a device its member retired: not syncing with it")
-        received, sent = protocol.run_exchange(self.node.call, peer_member,
-                                               lambda name, body: self._call(client, name, body), prefetch=True)
-        self.node.call(self.book.note, peer_member, address, source, True)
-        return {"received": received, "sent": sent, "peer": peer_member}
+        received, sent = protocol.run_exchange(lambda fn, *args: self.node.call(self._from, peer_member, fn, *args),
+                                               peer_member, lambda name, body: self._call(client, name, body),
+                                               prefetch=True)
+        shares = self.node.call(self._synced, peer_member, address, source)
+        return {"received": received, "sent": sent, "peer": peer_member, "device": b32(client.peer_device_key),
+                "shares": shares}
+
+    def _from(self, service, member: str, fn, *args):
+        """On the node thread: `fn(service, *args)`, with entries it takes in marked as from `member`."""
+        self.ingesting_from = member
+        try:
+            return fn(service, *args)
+        finally:
+            self.ingesting_from = None
+
+    def _synced(self, service, member: str, address: str, source: str) -> bool:
+        """On the node thread, after an exchange: note the peer; whether it shares a document with me."""
+        self.book.note(service, member, address, source, True)
+        return bool(protocol.shared_docs(service, member))
 
     def _call(self, client: SyncClient, name: str, body: bytes) -> bytes:
         try:
@@ -344,6 +381,15 @@ def check_address(address) -> str:
 
 def _error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
+
+
+def _more(reply: bytes) -> bool:
+    """Whether an exchange answer says more entries are to come (reads only its JSON part)."""
+    try:
+        (hlen,) = struct.unpack_from(">I", reply, 0)
+        return bool(json.loads(reply[4:4 + hlen]).get("more"))
+    except (struct.error, ValueError, AttributeError):
+        return True
 
 
 # -- node-thread functions ------------------------------------------------------------------------
