@@ -3,7 +3,7 @@
 Each action writes ordinary signed entries; what they mean for which entries count is settled
 by the ledger's recompute, the same on every node (see node/ledger.py).
 """
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NodeError, NotFound
 from .rules import MAX_REASON, MAX_TITLE, Refused, check_member_id, check_text
 
 
@@ -72,9 +72,27 @@ def removal_evidence(state, agreement) -> dict | None:
 def finalize_removals(service) -> int:
     """Write the cut of every agreed removal not yet in effect; returns how many were written.
 
-    Any member's node may write it; if several do at once, the earliest cut wins everywhere.
+    Any member's node but the removed member's own may write it; if several do at once, the
+    earliest cut wins everywhere. Each cut is chosen from the state as it stands after the
+    previous one (a cut makes the ledger recompute). A cut this node cannot write (its own
+    entries no longer count, say) is left to the others: it never fails what called it, a
+    sync for one.
     """
     written = 0
+    for _ in range(sum(len(s.agreements) for s in service.states.values())):
+        cut = _next_cut(service)
+        if cut is None:
+            break
+        try:
+            service._write(*cut)
+        except NodeError:
+            break
+        written += 1
+    return written
+
+
+def _next_cut(service) -> tuple[str, dict] | None:
+    """(document, cut operation) of an agreed removal not yet carried out, or None."""
     for state in list(service.states.values()):
         if not service._is_active(state):
             continue
@@ -83,16 +101,15 @@ def finalize_removals(service) -> int:
             subject = agreement.subject
             if agreement.kind != "removal" or agreement.retired or agreement.id in cut_agreements:
                 continue
-            if subject not in state.members or state.members[subject].status != "active":
+            if subject == service.me or subject not in state.members or state.members[subject].status != "active":
                 continue
             evidence = removal_evidence(state, agreement)
             if evidence is None:
                 continue
             devices = {dev: seq for dev, seq in state.vector.items() if state.devices.get(dev) == subject}
-            service._write(state.id, {"t": "cut", "agreement": agreement.id, "member": subject,
-                                      "devices": devices, "evidence": evidence})
-            written += 1
-    return written
+            return state.id, {"t": "cut", "agreement": agreement.id, "member": subject,
+                              "devices": devices, "evidence": evidence}
+    return None
 
 
 def _accepted_cuts(service, state):

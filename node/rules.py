@@ -308,6 +308,8 @@ def _cut(entry, author, state):
     require(agreement.kind == "removal" and agreement.subject == op.get("member"),
             "a cut must name the member its removal agreement is about")
     _check_devices(op.get("devices"))
+    # Written by the removed member, a cut would not keep itself: another member carries it out.
+    require(op.get("member") != author, "a member's removal is carried out by another member")
     evidence = op.get("evidence")
     require(isinstance(evidence, dict), "a cut carries the evidence of consent")
     # Whether a removal was agreed depends on who was entitled to respond, which entries arriving
