@@ -26,6 +26,7 @@ MAX_PENDING = 200_000
 SNAPSHOT_EVERY = 2_000
 FORKED = "forked log: another entry of this device at the same seq was kept"
 DEPENDS = "it depends on an entry that does not count"
+PARADOX = "it would make an earlier leaving, removal or readmission not count, and with it the grounds it rests on"
 MEMBERSHIP_OPS = {"leave", "cut", "retire_device"}
 
 
@@ -336,6 +337,9 @@ class Ledger:
         2. Leaving, removal and readmission take effect one at a time in the fixed order
            (time, then hash); after each, entries are decided again from scratch, so an exit
            whose own evidence stopped counting is dropped and nothing depends on arrival order.
+        3. Should taking events into effect and dropping them go round in a circle (a cut that
+           voids the readmission its own evidence needs: no state holds them all), the latest
+           event of the circle is void, and the rest is decided again.
         """
         held = [(entry, author) for _, author, entry, _, _ in self.store.held_entries(doc)]
         authors = {e.hash: a for e, a in held}
@@ -343,12 +347,22 @@ class Ledger:
         kept, forks = kept_branches([e for e, _ in held], authors)
         kept = [e for e in kept if not e.is_genesis]
         applied: list[str] = []
-        for _ in range(4 * sum(1 for e in kept if e.op.get("t") in MEMBERSHIP_OPS | {"admit", "add"}) + 4):
-            state, verdicts = replay(doc, genesis, authors, kept, set(applied))
+        banned: set[str] = set()
+        seen: set[tuple] = set()
+        order = {e.hash: (e.at, e.hash) for e in kept}
+        rounds = 4 * sum(1 for e in kept if e.op.get("t") in MEMBERSHIP_OPS | {"admit", "add"}) + 4
+        for _ in range(rounds * (rounds + 1)):
+            state, verdicts = replay(doc, genesis, authors, kept, set(applied), banned)
+            seen.add(tuple(applied))
             events = sorted(membership_events(state), key=lambda ev: ev[0])
             live = {ev[1] for ev in events}
             still = [h for h in applied if h in live]
             if still != applied:
+                if tuple(still) in seen:
+                    circle = {h for step in seen for h in step} - {h for h in still if h in applied}
+                    banned.add(max(circle or set(applied), key=order.__getitem__))
+                    applied, seen = [], set()
+                    continue
                 applied = still
                 continue
             fresh = [ev[1] for ev in events if ev[1] not in applied]
@@ -474,11 +488,13 @@ def accepted_events(state: DocState) -> list[tuple]:
     return events
 
 
-def replay(doc: str, genesis, authors: dict, kept: list, applied: set) -> tuple[DocState, dict]:
+def replay(doc: str, genesis, authors: dict, kept: list, applied: set,
+           banned: frozenset | set = frozenset()) -> tuple[DocState, dict]:
     """Decide every kept entry from scratch with the given membership events in effect.
 
     Returns the state and {hash: void reason or None}. An entry that can no longer be decided
     (what it needs does not count any more) is void, and its device's later entries go on.
+    Entries in `banned` (events that would go round in a circle) are void.
     """
     state = DocState(doc, genesis)
     state.take_effect([ev for ev in (membership_event(e, authors[e.hash]) for e in kept if e.hash in applied) if ev])
@@ -495,6 +511,8 @@ def replay(doc: str, genesis, authors: dict, kept: list, applied: set) -> tuple[
                 continue
             author = authors[entry.hash]
             try:
+                if entry.hash in banned:
+                    raise Void(PARADOX)
                 check_op(entry, author, state)
             except Pending:
                 still.append(entry)
