@@ -138,7 +138,7 @@ def test_a_stranger_that_becomes_a_member_is_pushed_to(run):
     assert settle(engine) == ["c"]
 
 
-def test_never_more_than_workers_syncs_at_once(run, monkeypatch):
+def test_never_more_than_workers_syncs_at_once(run):
     engine = FakeEngine()
     hosts = [f"h{i}" for i in range(10)]
     auto = run(engine, hosts)
