@@ -199,11 +199,12 @@ class Store:
             " WHERE e.doc = ? AND e.seq = COALESCE(v.seq, 0) + 1", [doc]).fetchone()[0]
         if first is None:
             return []
+        # One lower bound (SQLite seeks to one of two and only filters by the other).
         return conn.execute(
             "SELECT e.rowid, e.raw FROM entries e NOT INDEXED LEFT JOIN peer_vector v ON v.device = e.device"
-            " WHERE e.rowid >= ? AND e.rowid > ? AND e.rowid <= ? AND e.doc = ? AND e.seq > COALESCE(v.seq, 0)"
+            " WHERE e.rowid >= ? AND e.rowid <= ? AND e.doc = ? AND e.seq > COALESCE(v.seq, 0)"
             " ORDER BY e.rowid LIMIT ?",
-            [first, after, upto if upto is not None else 2**62, doc, limit]).fetchall()
+            [max(first, after + 1), upto if upto is not None else 2**62, doc, limit]).fetchall()
 
     def device_entries(self, doc: str, device: str) -> list[bytes]:
         """Every held entry of one device in a document, every branch, in stored order."""

@@ -272,7 +272,9 @@ def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
     # Receiving is safe from anyone (every entry is checked on its own signature and author), so
     # the client may push any document it offered, even one whose news has not reached me yet
     # that it is a member (it may be carrying its own admission).
-    want = summary(service, list(have))
+    # My vectors for what the client offered and for what it may see (it may hold those now,
+    # from this very exchange): what the client pushes next is then only what I lack.
+    want = summary(service, list(dict.fromkeys([*have, *peer_scope(service, peer_member)])))
     return pack({"more": more, "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"],
                  "after": {**after, **cursor}},
                 entries)

@@ -98,3 +98,26 @@ def test_prefetching_the_next_batch_brings_the_same(tmp_path, small_batches):
     finally:
         server.stop()
         client.stop()
+
+
+@pytest.mark.parametrize("batch", [3, 10_000])
+def test_a_newcomer_pushes_back_nothing_it_just_received(tmp_path, monkeypatch, batch):
+    """The server's answer gives its vectors for every document the client may see, so the
+    client's push phase does not send back what it has just received (it used to, whole)."""
+    monkeypatch.setattr(protocol, "BATCH_ENTRIES", batch)
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    crew = ada.create_crew(cid, "Kitchen", "", [bea.me])["id"]
+    for i in range(4):
+        ada.propose(crew, f"Crew topic {i}", "")
+    fresh = Service(tmp_path / "fresh-bea")
+    fresh.identity = bea.identity                      # Bea's identity on an empty node
+    pushed = []
+
+    def remote(name, body):
+        if name == "push":
+            pushed.extend(protocol.unpack(body)[1])
+        return protocol.serve(ada, fresh.me, name, body)
+
+    received, sent = protocol.run_exchange(lambda fn, *a: fn(fresh, *a), ada.me, remote)
+    assert received == sum(s.count for s in ada.states.values()) and sent == 0
+    assert pushed == []
