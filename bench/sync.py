@@ -267,6 +267,11 @@ class Served:
         except urllib.error.HTTPError as err:
             raise SystemExit(f"{method} {path}: {err.code} {err.read()[:500]!r}") from None
 
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the node's process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -330,14 +335,18 @@ def main() -> int:
         servers.append(full)
         empty = Served(empty_home)
         servers.append(empty)
+        cpu_before = full.cpu_s(), empty.cpu_s()
         started = time.perf_counter()
         answer = empty.api("POST", "/api/sync", {"address": full.sync_address})
         full_sync_s = time.perf_counter() - started
+        cpu_serving, cpu_receiving = full.cpu_s() - cpu_before[0], empty.cpu_s() - cpu_before[1]
         if answer["received"] != len(entries):
             raise SystemExit(f"full sync received {answer['received']} entries, not {len(entries)}")
         rss_after_sync = empty.rss_mb()
         log(f"full sync: {answer['received']} entries in {full_sync_s:.2f} s "
-            f"({answer['received'] / full_sync_s:,.0f}/s), receiving node rss {rss_after_sync:.0f} MB")
+            f"({answer['received'] / full_sync_s:,.0f}/s), receiving node rss {rss_after_sync:.0f} MB; "
+            f"CPU used meanwhile: receiving node {cpu_receiving:.2f} s, serving node {cpu_serving:.2f} s; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
         noop = []
         for _ in range(7):
