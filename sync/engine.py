@@ -297,7 +297,7 @@ class SyncEngine:
             client = self._connect_or_explain(address)
             try:
                 name = self.node.call(lambda s: s.my_name())
-                meta = {"invite": key, "name": name, "proof": pending["proof"]}
+                meta = {"invite": key, "name": name, "proof": pending["proof"], "cert": self.identity.cert}
                 try:
                     reply = client.call("join", pack(meta))
                 except TransportError as exc:
@@ -402,7 +402,15 @@ def _admit(service, peer_member: str, meta: dict) -> bytes:
         proof_bytes = unb32(proof)
     except ValueError:
         raise ProtocolError("the invite proof is malformed") from None
-    cid = service.admit(key, peer_member, meta.get("name") or "", proof_bytes)
+    cert = meta.get("cert")
+    if cert is not None:
+        try:
+            person, _ = check_device_cert(cert)
+        except IdentityError:
+            raise ProtocolError("the newcomer's device certificate does not hold") from None
+        if person != peer_member:
+            raise ProtocolError("the newcomer's device certificate is for someone else")
+    cid = service.admit(key, peer_member, meta.get("name") or "", proof_bytes, cert)
     return pack({"congregation_id": cid})
 
 
