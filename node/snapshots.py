@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import logging
 import pickle
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from . import docstate, entries
 from .docstate import DocState
 from .entries import Entry
 
+log = logging.getLogger(__name__)
 _NOT_FACTS = ("ydoc", "meta")
 _SOURCES = ("docstate.py", "entries.py", "rules.py", "ledger.py", "snapshots.py")
 _SAFE_BUILTINS = {"set", "frozenset"}
@@ -46,8 +48,18 @@ def fingerprint() -> bytes:
     return digest.digest()
 
 
-def dump_facts(state: DocState, upto: int) -> bytes:
-    """The facts of `state`, as folded from the entries stored up to rowid `upto`."""
+def dump_facts(state: DocState, upto: int) -> bytes | None:
+    """The facts of `state`, as folded from the entries stored up to rowid `upto`; None when
+    they cannot be pickled (a state holding something new): the next start then replays."""
+    try:
+        return _dump(state, upto)
+    except Exception:                                   # noqa: BLE001 - never fail a snapshot or a stop
+        log.warning("the facts of %s could not be saved; the next start replays its entries", state.id,
+                    exc_info=True)
+        return None
+
+
+def _dump(state: DocState, upto: int) -> bytes:
     facts = {k: v for k, v in vars(state).items() if k not in _NOT_FACTS}
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=5)
