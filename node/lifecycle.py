@@ -62,7 +62,7 @@ def removal_evidence(state, agreement) -> dict | None:
         latest = max(answers)[1] if answers else None
         if latest and latest[0] in ("consent", "stand_aside"):
             evidence[member] = max(answers)[0][1]
-        elif state.exits.get(member):
+        elif state.exits.get(member) and state.members[member].status != "active":
             evidence[member] = max(state.exits[member], key=lambda x: x.key).hash
         else:
             return None

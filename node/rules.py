@@ -328,8 +328,12 @@ def _cut(entry, author, state):
         consented = _consented(agreement, member, proof)
         if consented is False:
             raise Void(f"the removal was not agreed: the evidence for {member[:8]} is not their consent")
-        if consented is None and not _exited(state, member, proof):
-            raise Pending("the responses that agreed this removal have not all arrived")
+        if consented is None:
+            exited = _exited(state, member, proof)
+            if exited is False:
+                raise Void(f"the removal was not agreed: {member[:8]} is a member again and has not answered")
+            if exited is None:
+                raise Pending("the responses that agreed this removal have not all arrived")
 
 
 def _consented(agreement, member: str, proof: str) -> bool | None:
@@ -341,8 +345,12 @@ def _consented(agreement, member: str, proof: str) -> bool | None:
     return None
 
 
-def _exited(state, member: str, proof: str) -> bool:
-    return any(e.hash == proof for e in state.exits.get(member, ()))
+def _exited(state, member: str, proof: str) -> bool | None:
+    """Whether `proof`, an exit of the member, stands for their answer: only while they are out
+    (one admitted again must answer); None if no exit of theirs has that hash (yet)."""
+    if not any(e.hash == proof for e in state.exits.get(member, ())):
+        return None
+    return state.members[member].status != "active"
 
 
 def _split(entry, author, state):
