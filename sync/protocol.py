@@ -109,15 +109,17 @@ def peer_scope(service, peer_member: str) -> dict[str, int | None]:
             continue
         exits = [x for x in state.exits.get(peer_member, ()) if x.kind != "retired"]
         if exits:
-            out[doc] = service.store.rowid_of(max(exits, key=lambda x: x.key).hash) or 0
+            limit = service.store.rowid_of(max(exits, key=lambda x: x.key).hash) or 0
+            # Readmitted by an entry that does not count: they must learn that too.
+            out[doc] = max(limit, void_admission_limit(service, doc, state, peer_member) or 0)
     return out
 
 
 def void_admission_limit(service, doc: str, state, peer_member: str) -> int | None:
-    """For a peer admitted only by entries that do not count (written by a member after they
-    were removed or left): the stored position of the later of that admission and its author's
-    exit, so that the peer's node learns its admission does not count, and why, and nothing
-    written after. None for anyone else."""
+    """For a peer admitted (or admitted again) by entries that do not count (written by a
+    member after they were removed or left): the stored position of the later of that
+    admission and its author's exit, so that the peer's node learns its admission does not
+    count, and why, and nothing written after. None for anyone else."""
     if peer_member not in state.void_admitted:
         return None
     limit = 0
