@@ -472,28 +472,24 @@ class Service:
     # -- what is due -------------------------------------------------------------------------------
 
     def due_view(self) -> dict:
-        """What needs me: my open commitments by due date, proposals awaiting me, reviews due."""
+        """What needs me: my open commitments by due date, proposals awaiting me, reviews due.
+
+        Assembled from each document's part (`views.due_in`, remembered per revision of the
+        document), so asking again costs little when few documents changed."""
         today = dt.date.today().isoformat()
         commitments, waiting, reviews = [], [], []
-        for state in self.states.values():
+        for state in list(self.states.values()):
             if self.me not in state.members:
                 continue
             names = self.states.get(state.congregation) or state
-            scope = {"type": state.type, "id": state.id, "name": state.meta_value("name")}
-            for commitment in state.commitments.values():
-                view = views.commitment_view(commitment, names)
-                if view["by"] == self.me and view["status"] == "open":
-                    view["overdue"] = bool(view["due"] and view["due"] < today)
-                    commitments.append({**view, "scope": scope})
-            for agreement in state.agreements.values():
-                status = views.agreement_status(state, agreement)
-                current = agreement.current
-                if status in ("proposed", "objected") and self.me in views.waiting_entitled(state, agreement) \
-                        and agreement.response_of(self.me) is None:
-                    waiting.append({"id": agreement.id, "title": current.title, "status": status, "scope": scope})
-                if status == "agreed" and current.review_by and current.review_by <= today:
-                    reviews.append({"id": agreement.id, "title": current.title, "review_by": current.review_by,
-                                    "scope": scope})
+            part = views.due_in(state, self.me, today)
+            for c in part["commitments"]:
+                # the keys in the order commitment_view(commitment, names) gives them, then ours
+                view = {k: v for k, v in c.items() if k not in ("overdue", "scope")}
+                commitments.append({**view, "by_name": names.name_of(c["by"]), "overdue": c["overdue"],
+                                    "scope": c["scope"]})
+            waiting += [dict(a) for a in part["awaiting_response"]]
+            reviews += [dict(a) for a in part["reviews_due"]]
         commitments.sort(key=lambda c: (c["due"] or "9999-99-99", c["created_at"]))
         return {"commitments": commitments, "awaiting_response": waiting, "reviews_due": reviews}
 
