@@ -20,7 +20,7 @@ import weakref
 from collections import OrderedDict
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from . import views
 from .errors import Invalid, NodeError, NotFound
@@ -33,6 +33,7 @@ DUE_SHOWN = 12                  # commitments / proposals / reviews shown on the
 HISTORY_SHOWN = 300
 NAMES_SHOWN = 40                # names per list in an agreement card among many (its own page shows all)
 INVITES_KEPT = 50               # invites shown again after their redirect (in memory only)
+INHERITED_SHOWN = 100           # inherited agreements shown on a forked congregation's page
 FILTERS = ("all", "open", "agreed", "retired")
 OPEN = ("proposed", "objected")
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -141,6 +142,28 @@ def due_note(value) -> str:
     return "overdue by 1 day" if days == -1 else f"overdue by {-days} days"
 
 
+@pages.app_template_global()
+def checklist(name: str, prefix: str, items, picked=()) -> Markup:
+    """Checkboxes for a list of {id, name} (members, crews) as <li> items, `picked` ticked.
+    Built here, not in a template loop: a congregation's member list can be long, and this is
+    several times cheaper to render."""
+    picked = set(picked)
+    out = []
+    for item in items:
+        key = escape(item["id"])
+        fid = f"{prefix}-{key}"
+        out.append(f'<li><input type="checkbox" name="{name}" value="{key}" id="{fid}"'
+                   f'{" checked" if item["id"] in picked else ""}><label for="{fid}">{escape(item["name"])}</label></li>')
+    return Markup("\n".join(out))
+
+
+@pages.app_template_global()
+def options(items, chosen: str = "") -> Markup:
+    """<option>s for a list of {id, name}, `chosen` selected (see `checklist`)."""
+    return Markup("".join(f'<option value="{escape(item["id"])}"{" selected" if item["id"] == chosen else ""}>'
+                          f'{escape(item["name"])}</option>' for item in items))
+
+
 @pages.app_template_filter("plural")
 def plural(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
@@ -194,16 +217,21 @@ def _agreement_views(service, state, ids) -> list[dict]:
         if hit is not None and hit[0] is facts and hit[1] is known and hit[2] == service.me:
             out.append(hit[3])
             continue
-        view = decorate(views.agreement_view(state, agreement, names), service.me)
+        view = decorate(views.agreement_view(state, agreement, names), service.me, names=names)
         cache[aid] = (facts, known, service.me, view)
         out.append(view)
     return out
 
 
-def decorate(a: dict, me: str, limit: int | None = NAMES_SHOWN) -> dict:
+def decorate(a: dict, me: str, limit: int | None = NAMES_SHOWN, names=None) -> dict:
     """Add the round's state in names: who consented, stood aside, objected, has not answered.
     Lists of names are joined here (escaped once by the template) and cut at `limit` names in
-    lists of many agreements; the agreement's own page shows them all."""
+    lists of many agreements; the agreement's own page shows them all. A removal also gets the
+    name of the member it is about (`names`: the document that knows names)."""
+    if a.get("subject"):
+        a["subject_name"] = names.name_of(a["subject"]) if names is not None else \
+            a["names"].get(a["subject"]) or f"member {a['subject'][:8]}"
+
     def name(member):
         known = a["names"].get(member) or f"member {member[:8]}"
         return f"{known} (you)" if member == me else known
@@ -232,24 +260,15 @@ _DUE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # Service ->
 
 
 def due_view(service) -> dict:
-    """`Service.due_view`, assembled from per-document parts that are cached per revision
-    (`views.due_in`), so the home page costs little even with thousands of records; the whole
-    is remembered until one of my documents changes (or the day does)."""
+    """`Service.due_view` (assembled from per-document parts cached per revision, `views.due_in`),
+    remembered as a whole until one of my documents changes (or the day does)."""
     today = dt.date.today().isoformat()
     mine = [s for s in list(service.states.values()) if service.me in s.members]
     key = (today, tuple((id(s), views.revision(s)) for s in mine))
     hit = _DUE.get(service)
     if hit is not None and hit[0] == key:
         return hit[1]
-    commitments, waiting, reviews = [], [], []
-    for state in mine:
-        names = service.states.get(state.congregation) or state
-        part = views.due_in(state, service.me, today)
-        commitments += [{**c, "by_name": names.name_of(c["by"])} for c in part["commitments"]]
-        waiting += part["awaiting_response"]
-        reviews += part["reviews_due"]
-    commitments.sort(key=lambda c: (c["due"] or "9999-99-99", c["created_at"]))
-    due = {"commitments": commitments, "awaiting_response": waiting, "reviews_due": reviews}
+    due = service.due_view()
     _DUE[service] = (key, due)
     return due
 
@@ -282,17 +301,102 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
     shown = tuple(s["id"] for s in chosen[(page - 1) * PER_PAGE: page * PER_PAGE])
     members = views.memo(state, "page-members", lambda: views.member_list(state))
     crews = sorted(service.crews_of(cid), key=lambda c: c.meta_value("name").lower())
+    cards = [views.memo(c, "page-card", lambda c=c: {**views.crew_summary(c), "size": len(c.active_members())})
+             for c in crews]
+    others = views.memo(state, ("page-others", me),
+                        lambda: [p for p in members if p["status"] == "active" and p["id"] != me])
     return {
         "me": me, "my_name": service.my_name(),
         "congregation": {"id": cid, "name": state.meta_value("name"), "purpose": state.meta_value("purpose"),
                          "forked_from": state.forked_from, "my_status": state.members[me].status},
         "members": members,
+        "others": others,
+        # the long lists of the removal and fork forms, as nothing is chosen yet
+        "others_options": views.memo(state, ("page-others-options", me), lambda: options(others)),
+        "others_checks": views.memo(state, ("page-others-checks", me),
+                                    lambda: checklist("fork_members", "fork-m", others)),
         "active_count": len(views.active_set(state)),
-        "crews": [views.memo(c, "page-card", lambda c=c: {**views.crew_summary(c), "size": len(c.active_members())})
-                  for c in crews],
+        "crews": cards,
+        "my_crews": [card for card, c in zip(cards, crews) if c.members[me].status == "active"],
         "agreements": _agreement_views(service, state, shown),
         "counts": counts, "show": show, "page": page, "pages_total": pages_total,
+        "status_note": status_note(state, me),
+        "changes": page_changes(service, state),
+        "inherited_shown": INHERITED_SHOWN,
     }
+
+
+# -- membership over time: my status, lineage, entries that do not count -------------------------
+
+OP_WORDS = {"genesis": "the document's first entry", "name": "a change of name", "invite": "an invite",
+            "admit": "an admission", "add": "an addition to the crew", "propose": "a proposal",
+            "revise": "a new version of a proposal", "respond": "an answer to a proposal",
+            "retire": "the retiring of an agreement", "commit": "a commitment",
+            "status": "a change of a commitment's status", "leave": "a leaving", "cut": "a removal",
+            "split": "a split", "move": "a crew's move", "meta": "an edit of the name or purpose",
+            "retire_device": "the retiring of a device"}
+
+
+def status_note(state, me: str) -> dict | None:
+    """When I am no longer active in a document: how (left / removed), since when, and the
+    removal agreement that did it (which I can still read)."""
+    member = state.members.get(me)
+    if member is None or member.status == "active":
+        return None
+    since = max(member.events)[0][0] if member.events else None
+    agreement = None
+    if member.status == "removed":
+        cuts = [x for x in state.exits.get(me, ()) if x.kind == "removed"]
+        found = state.agreements.get(max(cuts, key=lambda x: x.key).agreement) if cuts else None
+        if found is not None:
+            agreement = {"id": found.id, "title": found.current.title}
+    return {"status": member.status, "since": since, "agreement": agreement}
+
+
+def _linkable(service, doc_id: str | None) -> bool:
+    """Whether this node holds `doc_id` with me among its members (so its page opens)."""
+    held = service.states.get(doc_id) if doc_id else None
+    return held is not None and service.me in held.members
+
+
+def page_changes(service, state, names=None) -> dict:
+    """`Service.changes_view` for the page: lineage with links where the other half is held
+    here, inherited agreements, forked logs and entries that do not count. Remembered until the
+    document changes, an entry of it is held as void, or the other halves come or go."""
+    parent = state.lineage["id"] if state.lineage else None
+    held = tuple(_linkable(service, d) for d in (parent, *(s["id"] for s in state.splits)))
+    key = ("page-changes", len(state.void), len(state.forks), held, id(names))
+    return views.memo(state, key, lambda: _page_changes(service, state, names, held))
+
+
+_VOID: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()    # DocState -> (key, void entries)
+
+
+def void_entries(service, state, names=None) -> list[dict]:
+    """`Service.void_view`, remembered until another entry of the document is held as void or
+    the names change: reading them costs a pass over the document's stored entries."""
+    key = (len(state.void), names_fingerprint(names or state))
+    hit = _VOID.get(state)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    found = service.void_view(state, names)
+    _VOID[state] = (key, found)
+    return found
+
+
+def _page_changes(service, state, names, held) -> dict:
+    found = service.changes_view(state, names, void=void_entries(service, state, names))
+    lineage = found["lineage"]
+    parent = dict(lineage["parent"], linkable=held[0]) if lineage["parent"] else None
+    children = [dict(child, linkable=link) for child, link in zip(lineage["children"], held[1:])]
+    forks = []
+    for fork in found["forks"]:
+        entries = [{**e, "what": OP_WORDS.get(e["op"], e["op"] or "an entry"), "kept": e["hash"] == fork["kept"]}
+                   for e in fork["entries"]]
+        forks.append({**fork, "entries": sorted(entries, key=lambda e: not e["kept"])})
+    return {"parent": parent, "children": children, "inherited": found["inherited"], "forks": forks,
+            "void_entries": found["void_entries"],
+            "any_void": bool(found["void_entries"] or forks)}
 
 
 def crew_data(service, crew_id: str) -> dict:
@@ -300,7 +404,8 @@ def crew_data(service, crew_id: str) -> dict:
     crew = service.crew_state(crew_id)
     congregation = service.states.get(crew.congregation)
     today = dt.date.today().isoformat()
-    key = ("page", service.me, today, views.revision(congregation) if congregation else None)
+    key = ("page", service.me, today, views.revision(congregation) if congregation else None,
+           len(crew.void), len(crew.forks))
     return views.memo(crew, key, lambda: _crew_data(service, crew, congregation, today))
 
 
@@ -313,7 +418,7 @@ def _crew_data(service, crew, congregation, today: str) -> dict:
         candidates = [m for m in views.member_list(congregation)
                       if m["status"] == "active" and m["id"] not in crew.members]
     for a in view["agreements"]:
-        decorate(a, service.me)
+        decorate(a, service.me, names=congregation or crew)
     for commitment in view["commitments"]:
         commitment["overdue"] = bool(commitment["status"] == "open" and commitment["due"] and commitment["due"] < today)
     return {
@@ -322,12 +427,14 @@ def _crew_data(service, crew, congregation, today: str) -> dict:
         "congregation": {"id": crew.congregation,
                          "name": congregation.meta_value("name") if congregation else "its congregation"},
         "my_status": crew.members[service.me].status,
+        "status_note": status_note(crew, service.me),
+        "changes": page_changes(service, crew, congregation),
     }
 
 
 def agreement_data(service, aid: str) -> dict:
     state, _ = service.find_agreement(aid)
-    agreement = decorate(service.agreement_view(aid), service.me, limit=None)
+    agreement = decorate(service.agreement_view(aid), service.me, limit=None, names=_names_doc(service, state))
     return {"me": service.me, "agreement": agreement,
             "scope": {"type": state.type, "id": state.id, "name": state.meta_value("name")},
             "my_status": state.members[service.me].status}
@@ -586,6 +693,44 @@ def create_crew(cid):
     return redirect(url_for(".crew", crew_id=made["id"]), 303)
 
 
+@pages.post("/c/<cid>/leave")
+def leave_congregation(cid):
+    node().call(Service.congregation_state, cid)
+    try:
+        _confirmed_leaving()
+        node().call(Service.leave, cid)
+    except NodeError as exc:
+        return _congregation_form_error(cid, "leave", exc)
+    return redirect(url_for(".congregation", cid=cid), 303)
+
+
+@pages.post("/c/<cid>/removals")
+def propose_removal_in_congregation(cid):
+    node().call(Service.congregation_state, cid)
+    try:
+        made = node().call(Service.propose_removal, cid, field("member_id"), field("reason"))
+    except NodeError as exc:
+        return _congregation_form_error(cid, "removal", exc)
+    return redirect(url_for(".congregation", cid=cid) + f"#a-{made['id']}", 303)
+
+
+@pages.post("/c/<cid>/fork")
+def fork_congregation(cid):
+    node().call(Service.congregation_state, cid)
+    try:
+        made = node().call(Service.fork_congregation, cid, field("fork_name"),
+                           request.form.getlist("fork_crews"), request.form.getlist("fork_members"))
+    except NodeError as exc:
+        return _congregation_form_error(cid, "fork", exc)
+    return redirect(url_for(".congregation", cid=made["id"]), 303)
+
+
+def _confirmed_leaving() -> None:
+    """Leaving asks for a ticked box (the browser asks first; this is for when it did not)."""
+    if request.form.get("confirm") != "yes":
+        raise Invalid("tick “I want to leave” to confirm, then press Leave again")
+
+
 @pages.get("/c/<cid>/history")
 def congregation_history(cid):
     data = node().call(history_data, cid, "congregation")
@@ -627,6 +772,27 @@ def add_member(crew_id):
     except NodeError as exc:
         return render_crew(crew_id, "add", exc.message, _error_status(exc))
     return redirect(url_for(".crew", crew_id=crew_id) + "#members", 303)
+
+
+@pages.post("/crews/<crew_id>/leave")
+def leave_crew(crew_id):
+    node().call(Service.crew_state, crew_id)
+    try:
+        _confirmed_leaving()
+        node().call(Service.leave, crew_id)
+    except NodeError as exc:
+        return render_crew(crew_id, "leave", exc.message, _error_status(exc))
+    return redirect(url_for(".crew", crew_id=crew_id), 303)
+
+
+@pages.post("/crews/<crew_id>/removals")
+def propose_removal_in_crew(crew_id):
+    node().call(Service.crew_state, crew_id)
+    try:
+        made = node().call(Service.propose_removal, crew_id, field("member_id"), field("reason"))
+    except NodeError as exc:
+        return render_crew(crew_id, "removal", exc.message, _error_status(exc))
+    return redirect(url_for(".crew", crew_id=crew_id) + f"#a-{made['id']}", 303)
 
 
 @pages.get("/crews/<crew_id>/history")

@@ -212,15 +212,11 @@ class Service:
                 "my_status": state.members[self.me].status,
                 **self.changes_view(state)}
 
-    def changes_view(self, state: DocState, names: DocState | None = None) -> dict:
-        """Lineage, inherited agreements, forked logs and entries that do not count, for people to see."""
-        from .entries import decode_entry
+    def changes_view(self, state: DocState, names: DocState | None = None, void: list | None = None) -> dict:
+        """Lineage, inherited agreements, forked logs and entries that do not count, for people to
+        see (`void`: the entries that do not count, when the caller has them already)."""
         names = names or state
-        void = []
-        for author, raw, reason in self.store.void_entries(state.id):
-            entry = decode_entry(raw)
-            void.append({"hash": entry.hash, "author": author, "author_name": names.name_of(author),
-                         "at": views.iso(entry.at), "summary": summarize(entry, state, names), "reason": reason})
+        void = self.void_view(state, names) if void is None else void
         forks = [{**fork, "member_name": names.name_of(fork["member"]) if fork["member"] else None}
                  for fork in state.forks]
         parent = None
@@ -229,6 +225,20 @@ class Service:
                       "held_here": state.lineage["id"] in self.states}
         return {"lineage": {"parent": parent, "children": state.splits}, "inherited": state.inherited,
                 "forks": forks, "void_entries": void}
+
+    def void_view(self, state: DocState, names: DocState | None = None) -> list[dict]:
+        """The document's held entries that do not count, newest first, each with who, when, what
+        and why. The store is asked only when the document holds any (`state.void` lists them)."""
+        from .entries import decode_entry
+        if not state.void:
+            return []
+        names = names or state
+        void = []
+        for author, raw, reason in self.store.void_entries(state.id):
+            entry = decode_entry(raw)
+            void.append({"hash": entry.hash, "author": author, "author_name": names.name_of(author),
+                         "at": views.iso(entry.at), "summary": summarize(entry, state, names), "reason": reason})
+        return void
 
     def history(self, doc_id: str, limit: int = 500) -> list[dict]:
         """GET /api/congregations/{cid}/history: entries newest first, with a line each."""

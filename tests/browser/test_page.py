@@ -390,7 +390,7 @@ def test_join_with_an_invite_code_on_a_second_node(node_factory, browser):
 
         # and Ada can now put Bea in a crew with the checkboxes
         ada_page.get_by_label("Crew name").fill("Tool library")
-        ada_page.get_by_label("Bea", exact=True).check()
+        ada_page.locator("form#new-crew").get_by_label("Bea", exact=True).check()
         ada_page.get_by_role("button", name="Create crew").click()
         expect(ada_page.locator("#members")).to_contain_text("Bea")
     finally:
