@@ -41,6 +41,7 @@ from node.entries import build_entry  # noqa: E402
 from node.errors import NodeError  # noqa: E402
 from node.identity import new_device, raw_public  # noqa: E402
 from node.ids import b32, new_id, now_ms  # noqa: E402
+from node.rules import bind_record_id  # noqa: E402
 from node.service import Service  # noqa: E402
 from node.worker import NodeThread  # noqa: E402
 
@@ -70,13 +71,15 @@ class Others:
         self.heads: dict[tuple, tuple] = {}
         self.batch: list[bytes] = []
 
-    def write(self, ident, doc: str, op: dict) -> None:
+    def write(self, ident, doc: str, op: dict):
         seq, prev = self.heads.get((doc, ident.device_id), (0, ""))
+        bind_record_id(op, ident.device_id, seq + 1)
         entry = build_entry(ident, doc, seq + 1, prev, now_ms(), op, b"", with_cert=seq == 0)
         self.heads[(doc, ident.device_id)] = (seq + 1, entry.hash)
         self.batch.append(entry.raw)
         if len(self.batch) >= 2_000:
             self.flush()
+        return entry
 
     def flush(self) -> None:
         if self.batch:
@@ -234,11 +237,11 @@ def fill_demo(service: Service) -> dict:
     everyone = list(PEOPLE)
 
     def propose_as(name, title, text, review_by=None):
-        aid = new_id()
-        others.write(people[name], cid, {"t": "propose", "agreement": aid, "kind": "agreement", "title": title,
-                                         "text": text, "review_by": review_by, "entitled": state.active_members()})
+        entry = others.write(people[name], cid, {"t": "propose", "agreement": None, "kind": "agreement",
+                                                 "title": title, "text": text, "review_by": review_by,
+                                                 "entitled": state.active_members()})
         others.flush()
-        return aid
+        return entry.op["agreement"]
     quiet = service.propose(cid, "Quiet hours after ten", "From 22:00 to 07:00 we keep the courtyard and the "
                             "stairwells quiet: no tools, no music outside, and gatherings move indoors.",
                             review_by=day(-3))["id"]

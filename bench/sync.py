@@ -51,7 +51,7 @@ from pycrdt import Doc, Map  # noqa: E402
 from node.entries import build_entry  # noqa: E402
 from node.identity import new_device, raw_public  # noqa: E402
 from node.ids import b32, new_id  # noqa: E402
-from node.rules import invite_message  # noqa: E402
+from node.rules import bind_record_id, invite_message  # noqa: E402
 from node.service import Service  # noqa: E402
 
 MEMBERS = 200
@@ -88,6 +88,7 @@ class Writer:
     def write(self, doc: str, at: int, op: dict, body: bytes = b""):
         """The next entry of my log in `doc` ("": a new document's first entry)."""
         seq, prev = self.heads.get(doc, (0, "")) if doc else (0, "")
+        bind_record_id(op, self.identity.device_id, seq + 1)
         entry = build_entry(self.identity, doc, seq + 1, prev, at, op, body, with_cert=seq == 0)
         self.heads[entry.doc] = (entry.seq, entry.hash)
         return entry
@@ -178,12 +179,11 @@ def build_history(n: int, rng: random.Random) -> tuple[list, list, dict]:
         if kind == "meta":
             out.append(writer.write(doc, at(), {"t": "meta"}, writer.edit(doc, bodies[doc])))
         elif kind == "propose":
-            aid = new_id()
-            entry = writer.write(doc, at(), {"t": "propose", "agreement": aid, "kind": "agreement",
+            entry = writer.write(doc, at(), {"t": "propose", "agreement": None, "kind": "agreement",
                                              "title": " ".join(rng.choice(WORDS) for _ in range(4)),
                                              "text": " ".join(rng.choice(WORDS) for _ in range(20)),
                                              "review_by": None, "entitled": [w.id for w in scope]})
-            agreements[doc].append((aid, entry.hash))
+            agreements[doc].append((entry.op["agreement"], entry.hash))
             out.append(entry)
         elif kind == "respond":
             aid, version = rng.choice(agreements[doc])
@@ -191,11 +191,11 @@ def build_history(n: int, rng: random.Random) -> tuple[list, list, dict]:
                                                 "response": rng.choice(["consent", "consent", "stand_aside"]),
                                                 "reason": ""}))
         elif kind == "commit":
-            cm = new_id()
-            commitments[doc].append(cm)
-            out.append(writer.write(doc, at(), {"t": "commit", "commitment": cm,
-                                                "what": " ".join(rng.choice(WORDS) for _ in range(5)),
-                                                "due": "2026-12-01", "by": writer.id}))
+            entry = writer.write(doc, at(), {"t": "commit", "commitment": None,
+                                             "what": " ".join(rng.choice(WORDS) for _ in range(5)),
+                                             "due": "2026-12-01", "by": writer.id})
+            commitments[doc].append(entry.op["commitment"])
+            out.append(entry)
         else:
             out.append(writer.write(doc, at(), {"t": "status", "commitment": rng.choice(commitments[doc]),
                                                 "status": rng.choice(["done", "open", "released"])}))

@@ -8,11 +8,12 @@ whatever order entries arrived in. So no rule may depend on which of two entries
 (say, two proposals reusing one id): those are settled when state is read, by a fixed order.
 """
 import datetime as dt
+import hashlib
 import functools
 import re
 
 from .identity import IdentityError, check_device_cert, verify
-from .ids import canonical_json, is_key_id, unb32
+from .ids import b32, canonical_json, is_key_id, unb32
 
 RESPONSES = ("consent", "object", "stand_aside")
 COMMITMENT_STATUSES = ("open", "done", "released")
@@ -104,6 +105,24 @@ def invite_message(invite_key: str, member_id: str) -> bytes:
     return JOIN_CONTEXT + invite_key.encode() + b":" + member_id.encode()
 
 
+def record_id(device: str, seq: int) -> str:
+    """The id of the agreement or commitment that the entry at `seq` of `device`'s log creates.
+
+    Bound to its place in its author's log, so no one else can write a record with that id (a
+    reused id with an earlier time would otherwise take the record over).
+    """
+    return b32(hashlib.sha256(f"{device}:{seq}".encode()).digest()[:10])
+
+
+def bind_record_id(op: dict, device: str, seq: int) -> dict:
+    """Fill in the id of a propose or commit operation whose id is None, for the entry about to
+    be written at `seq` of `device`'s log."""
+    field = {"propose": "agreement", "commit": "commitment"}.get(op.get("t"))
+    if field and op.get(field, "") is None:
+        op[field] = record_id(device, seq)
+    return op
+
+
 def check_genesis(entry) -> None:
     """Rules for a document's first entry."""
     op = entry.op
@@ -187,10 +206,11 @@ def _admit(entry, author, state):
 
 def _propose(entry, author, state):
     op = entry.op
+    require(op.get("agreement") == record_id(entry.device, entry.seq),
+            "an agreement's id must be the one its entry's place in the author's log gives")
     if op.get("kind") == "removal":
         subject = op.get("subject")
         require(subject != author, "you cannot propose your own removal: leave instead")
-    require(isinstance(op.get("agreement"), str) and 8 <= len(op["agreement"]) <= 64, "agreement id is malformed")
     require(op.get("kind", "agreement") in AGREEMENT_KINDS, "unknown agreement kind")
     check_text(op.get("title"), "title", MAX_TITLE)
     check_text(op.get("text", ""), "text", MAX_TEXT, required=False)
@@ -244,7 +264,8 @@ def _add(entry, author, state):
 
 def _commit(entry, author, state):
     op = entry.op
-    require(isinstance(op.get("commitment"), str) and 8 <= len(op["commitment"]) <= 64, "commitment id is malformed")
+    require(op.get("commitment") == record_id(entry.device, entry.seq),
+            "a commitment's id must be the one its entry's place in the author's log gives")
     check_text(op.get("what"), "what", MAX_TITLE * 5)
     check_date(op.get("due"), "due")
     check_member_id(op.get("by"), "by")

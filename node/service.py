@@ -19,7 +19,7 @@ from .errors import Conflict, Forbidden, Invalid, NotFound
 from .identity import load_or_create_identity, raw_public, verify
 from .ids import b32, new_id, now_ms, unb32
 from .ledger import Ledger
-from .rules import (MAX_NAME, MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_date, check_member_id,
+from .rules import (bind_record_id, MAX_NAME, MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_date, check_member_id,
                     check_text, invite_message)
 from .store import Store
 
@@ -106,6 +106,7 @@ class Service:
                 for key, value in content.items():
                     state.meta[key] = value
             body = state.ydoc.get_update(before)
+        bind_record_id(op, self.identity.device_id, seq + 1)
         entry = build_entry(self.identity, doc, seq + 1, prev, self._clock(), op, body, with_cert=seq == 0)
         try:
             self.ledger.append(entry)
@@ -382,13 +383,12 @@ class Service:
         text = _valid(check_text, text if text is not None else "", "text", MAX_TEXT, required=False)
         review_by = _valid(check_date, review_by, "review_by")
         entitled = [m for m in state.active_members() if m != subject]
-        aid = new_id()
-        op = {"t": "propose", "agreement": aid, "kind": kind, "title": title, "text": text,
+        op = {"t": "propose", "agreement": None, "kind": kind, "title": title, "text": text,
               "review_by": review_by, "entitled": entitled}
         if subject:
             op["subject"] = subject
-        self._write(doc_id, op)
-        return self.agreement_view(aid)
+        entry = self._write(doc_id, op)
+        return self.agreement_view(entry.op["agreement"])
 
     def find_agreement(self, aid: str):
         """(state, agreement) for an agreement I can see, else NotFound."""
@@ -453,9 +453,8 @@ class Service:
         _valid(check_member_id, by, "by")
         if not self._is_active(crew, by):
             raise Invalid("a commitment must be by an active member of the crew")
-        cid = new_id()
-        self._write(crew_id, {"t": "commit", "commitment": cid, "what": what, "due": due, "by": by})
-        return self.commitment_view(cid)
+        entry = self._write(crew_id, {"t": "commit", "commitment": None, "what": what, "due": due, "by": by})
+        return self.commitment_view(entry.op["commitment"])
 
     def find_commitment(self, commitment_id: str):
         """(crew state, commitment) for a commitment in one of my crews, else NotFound."""

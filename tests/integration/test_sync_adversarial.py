@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from node.entries import SIG_CONTEXT, build_entry, decode_entry
 from node.identity import Identity, make_device_cert, new_device, raw_public
 from node.ids import b32, canonical_json, new_id, now_ms
-from node.rules import invite_message
+from node.rules import bind_record_id, invite_message
 from node.service import invite_key
 from sync import protocol
 from sync.engine import verify_peer
@@ -53,6 +53,7 @@ class Writer:
         top, last = self.heads.get(doc, (0, ""))
         seq = top + 1 if seq is None else seq
         prev = last if prev is None else prev
+        bind_record_id(op, self.identity.device_id, seq)
         entry = build_entry(self.identity, doc, seq, prev, now_ms(), op, body, with_cert=seq == 1)
         return entry
 
@@ -75,7 +76,7 @@ def client_for(node, identity: Identity) -> SyncClient:
 
 
 def propose_op(entitled: list[str], title: str) -> dict:
-    return {"t": "propose", "agreement": new_id(), "kind": "agreement", "title": title, "text": "",
+    return {"t": "propose", "agreement": None, "kind": "agreement", "title": title, "text": "",
             "review_by": None, "entitled": entitled}
 
 

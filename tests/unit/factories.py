@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from node.entries import build_entry
 from node.identity import new_device
 from node.ids import b32, new_id, now_ms
-from node.rules import invite_message
+from node.rules import bind_record_id, invite_message
 from node.service import Service, invite_key
 
 
@@ -39,6 +39,7 @@ class Member:
               prev: str | None = None, with_cert: bool | None = None):
         top, last = self.heads.get(doc, (0, ""))
         seq = top + 1 if seq is None else seq
+        bind_record_id(op, self.identity.device_id, seq)   # an id left None: the one its place gives
         prev = last if prev is None else prev
         with_cert = seq == 1 if with_cert is None else with_cert
         if at is None:                      # later than this device's previous entry, like a node's clock
@@ -98,7 +99,7 @@ def invite_op(code_key: Ed25519PrivateKey | None = None, expires: int | None = N
 
 def propose_op(entitled: list[str], title: str = "Quiet hours", text: str = "After ten", **extra) -> dict:
     """A `propose` operation, for entries built by hand."""
-    return {"t": "propose", "agreement": new_id(), "kind": "agreement", "title": title, "text": text,
+    return {"t": "propose", "agreement": None, "kind": "agreement", "title": title, "text": text,
             "review_by": None, "entitled": list(entitled), **extra}
 
 

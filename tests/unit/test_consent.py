@@ -244,8 +244,6 @@ def test_crew_agreement_is_for_crew_members_only(world):
     assert world.ada.crew_view(crew["id"])["agreements"][0]["status"] == "agreed"
 
 
-@pytest.mark.xfail(strict=True, reason="known: agreement ids are chosen by the proposer, so a member can "
-                   "reuse one with an earlier time and the earliest proposal defines the agreement")
 def test_a_reused_agreement_id_cannot_take_over_an_agreement(world):
     aid = propose(world, title="Quiet after ten")
     mallory = Member("Mallory")
