@@ -304,7 +304,9 @@ class Ledger:
     def _note_void(state: DocState, entry, why: str) -> None:
         state.void[entry.hash] = why
         kind = entry.op.get("t")
-        if kind in ("propose", "commit"):
+        if kind in ("propose", "commit") and why != FORKED:
+            # (An id is bound to its entry's place in the log: a dropped branch's entry shares
+            # it with the kept one at the same seq, which defines it.)
             state.void_ids.add(entry.op.get("agreement") or entry.op.get("commitment"))
         elif kind in ("admit", "add") and isinstance(entry.op.get("member"), str):
             state.void_admitted.add(entry.op["member"])
@@ -372,6 +374,7 @@ class Ledger:
         state.forks = forks
         for entry in (e for e, _ in held if not e.is_genesis and e.hash not in verdicts):
             verdicts[entry.hash] = FORKED
+            Ledger._note_void(state, entry, FORKED)
         for entry_hash, why in verdicts.items():
             if why is not None:
                 state.void[entry_hash] = why
