@@ -73,7 +73,7 @@ class Others:
 
     def write(self, ident, doc: str, op: dict):
         seq, prev = self.heads.get((doc, ident.device_id), (0, ""))
-        bind_record_id(op, ident.device_id, seq + 1)
+        bind_record_id(op, doc, ident.device_id, seq + 1)
         entry = build_entry(ident, doc, seq + 1, prev, now_ms(), op, b"", with_cert=seq == 0)
         self.heads[(doc, ident.device_id)] = (seq + 1, entry.hash)
         self.batch.append(entry.raw)

@@ -88,7 +88,7 @@ class Writer:
     def write(self, doc: str, at: int, op: dict, body: bytes = b""):
         """The next entry of my log in `doc` ("": a new document's first entry)."""
         seq, prev = self.heads.get(doc, (0, "")) if doc else (0, "")
-        bind_record_id(op, self.identity.device_id, seq + 1)
+        bind_record_id(op, doc, self.identity.device_id, seq + 1)
         entry = build_entry(self.identity, doc, seq + 1, prev, at, op, body, with_cert=seq == 0)
         self.heads[entry.doc] = (entry.seq, entry.hash)
         return entry

@@ -105,21 +105,22 @@ def invite_message(invite_key: str, member_id: str) -> bytes:
     return JOIN_CONTEXT + invite_key.encode() + b":" + member_id.encode()
 
 
-def record_id(device: str, seq: int) -> str:
-    """The id of the agreement or commitment that the entry at `seq` of `device`'s log creates.
+def record_id(doc: str, device: str, seq: int) -> str:
+    """The id of the agreement or commitment that the entry at `seq` of `device`'s log in `doc`
+    creates.
 
     Bound to its place in its author's log, so no one else can write a record with that id (a
     reused id with an earlier time would otherwise take the record over).
     """
-    return b32(hashlib.sha256(f"{device}:{seq}".encode()).digest()[:10])
+    return b32(hashlib.sha256(f"{doc}:{device}:{seq}".encode()).digest()[:10])
 
 
-def bind_record_id(op: dict, device: str, seq: int) -> dict:
+def bind_record_id(op: dict, doc: str, device: str, seq: int) -> dict:
     """Fill in the id of a propose or commit operation whose id is None, for the entry about to
     be written at `seq` of `device`'s log."""
     field = {"propose": "agreement", "commit": "commitment"}.get(op.get("t"))
     if field and op.get(field, "") is None:
-        op[field] = record_id(device, seq)
+        op[field] = record_id(doc, device, seq)
     return op
 
 
@@ -206,7 +207,7 @@ def _admit(entry, author, state):
 
 def _propose(entry, author, state):
     op = entry.op
-    require(op.get("agreement") == record_id(entry.device, entry.seq),
+    require(op.get("agreement") == record_id(entry.doc, entry.device, entry.seq),
             "an agreement's id must be the one its entry's place in the author's log gives")
     if op.get("kind") == "removal":
         subject = op.get("subject")
@@ -264,7 +265,7 @@ def _add(entry, author, state):
 
 def _commit(entry, author, state):
     op = entry.op
-    require(op.get("commitment") == record_id(entry.device, entry.seq),
+    require(op.get("commitment") == record_id(entry.doc, entry.device, entry.seq),
             "a commitment's id must be the one its entry's place in the author's log gives")
     check_text(op.get("what"), "what", MAX_TITLE * 5)
     check_date(op.get("due"), "due")

@@ -106,7 +106,7 @@ class Service:
                 for key, value in content.items():
                     state.meta[key] = value
             body = state.ydoc.get_update(before)
-        bind_record_id(op, self.identity.device_id, seq + 1)
+        bind_record_id(op, doc, self.identity.device_id, seq + 1)
         entry = build_entry(self.identity, doc, seq + 1, prev, self._clock(), op, body, with_cert=seq == 0)
         try:
             self.ledger.append(entry)

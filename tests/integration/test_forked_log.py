@@ -39,6 +39,10 @@ def sync_all(nodes, skip=()) -> None:
     raise AssertionError("sync did not become quiet")
 
 
+def me(node) -> str:
+    return node.api("GET", "/api/me", expect=200)[1]["id"]
+
+
 def view(node, cid) -> dict:
     return node.api("GET", f"/api/congregations/{cid}", expect=200)[1]
 
@@ -113,9 +117,19 @@ def test_a_copied_home_forks_the_log_and_every_node_converges(node_factory):
     for node in nodes:
         shown = {a["title"] for a in view(node, cid)["agreements"]}
         assert kept_title in shown and ({"Kitchen rota", "Garden rota"} - {kept_title}).isdisjoint(shown)
-        assert node.api("GET", f"/api/agreements/{dropped_id}")[0] == 404
+        # Both proposals sit at the same place of the same log, so they share the id that
+        # place gives: it names the kept one.
+        assert node.api("GET", f"/api/agreements/{dropped_id}", expect=200)[1]["title"] == kept_title
     states = [comparable(n, cid) for n in nodes]
     assert all(s == states[0] for s in states)
+    # Members answer the kept proposal: their answers count on every node.
+    assert kitchen["id"] == garden["id"]
+    for node in (ada, cy):
+        node.api("POST", f"/api/agreements/{kitchen['id']}/responses", {"response": "consent"}, expect=200)
+    sync_all(nodes, skip=(bo, twin))
+    for node in nodes:
+        answered = node.api("GET", f"/api/agreements/{kitchen['id']}", expect=200)[1]["responses"]
+        assert {member for member, r in answered.items() if r["response"] == "consent"} == {me(ada), me(cy)}
 
     # Both copies carry on (each from the kept branch), and now also sync with each other.
     bo.api("POST", f"/api/congregations/{cid}/agreements", {"title": "Bo again"}, expect=201)

@@ -53,7 +53,7 @@ class Writer:
         top, last = self.heads.get(doc, (0, ""))
         seq = top + 1 if seq is None else seq
         prev = last if prev is None else prev
-        bind_record_id(op, self.identity.device_id, seq)
+        bind_record_id(op, doc, self.identity.device_id, seq)
         entry = build_entry(self.identity, doc, seq, prev, now_ms(), op, body, with_cert=seq == 1)
         return entry
 

@@ -39,7 +39,7 @@ class Member:
               prev: str | None = None, with_cert: bool | None = None):
         top, last = self.heads.get(doc, (0, ""))
         seq = top + 1 if seq is None else seq
-        bind_record_id(op, self.identity.device_id, seq)   # an id left None: the one its place gives
+        bind_record_id(op, doc, self.identity.device_id, seq)   # an id left None: the one its place gives
         prev = last if prev is None else prev
         with_cert = seq == 1 if with_cert is None else with_cert
         if at is None:                      # later than this device's previous entry, like a node's clock
