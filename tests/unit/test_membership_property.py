@@ -44,7 +44,7 @@ from node.service import Service
 from sync import protocol
 
 RAM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-EXAMPLES = int(os.environ.get("CREWNODE_MEMBERSHIP_EXAMPLES", 30))
+EXAMPLES = int(os.environ.get("CREWNODE_MEMBERSHIP_EXAMPLES", 50))
 RANDOM = os.environ.get("CREWNODE_MEMBERSHIP_RANDOM") == "1"
 # Shrinking a long failing run of this test can take minutes: off unless asked for.
 PHASES = tuple(Phase) if os.environ.get("CREWNODE_MEMBERSHIP_SHRINK") == "1" else \
@@ -585,3 +585,32 @@ def test_a_member_readmitted_by_a_removed_member_learns_it_does_not_count(tmp_pa
     readmit = next(e for _, _, e, _, _ in m2.store.held_entries(net.crew) if e.op["t"] == "add")
     assert held(m2, net.crew)[readmit.hash] == ("void", "written after its author was removed")
     assert held(m1, net.crew)[readmit.hash] == ("void", "written after its author was removed")
+
+
+def test_answers_to_the_kept_side_of_a_forked_proposal_count(tmp_path):
+    """A device's log forks, and each branch goes on with a proposal at the same seq: both
+    create the agreement with the same id (an id is bound to its entry's place in the log).
+    The dropped branch defines nothing: answers to the kept proposal count on every node,
+    whatever the order of arrival."""
+    from factories import Member, admit, propose_op
+    founder = open_service(tmp_path / "founder", name="Ada")
+    cid = founder.create_congregation("Riverside", "")["id"]
+    writer = Member("Xi")
+    admit(founder, cid, writer.id, writer.name)
+    one, two = (writer.write(cid, propose_op([], title=title), seq=1, prev="") for title in ("Tea", "Coffee"))
+    kept, dropped = sorted((one, two), key=lambda e: e.hash)
+    dropped_next = writer.write(cid, propose_op([], title="Dropped, next"), seq=2, prev=dropped.hash)
+    kept_next = writer.write(cid, propose_op([], title="Kept, next"), seq=2, prev=kept.hash)
+    assert kept_next.op["agreement"] == dropped_next.op["agreement"]
+    # The kept branch's first entry, the dropped branch (longer for now), then the kept branch goes on.
+    for entry in (kept, dropped, dropped_next, kept_next):
+        founder.ledger.ingest([entry.raw])
+    aid = kept_next.op["agreement"]
+    assert founder.agreement_view(aid)["title"] == "Kept, next"
+    founder.respond(aid, "consent")
+    raws = [e.raw for _, _, e, _, _ in founder.store.held_entries(cid)]
+    outcomes = arrive_in_orders(tmp_path, raws, cid, orders=4)
+    assert all(seen == outcomes[0] for seen in outcomes)
+    statuses = outcomes[0][0]
+    assert {h for h, (status, _) in statuses.items() if status == "void"} == {dropped.hash, dropped_next.hash}
+    founder.store.close()
