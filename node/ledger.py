@@ -256,7 +256,9 @@ class Ledger:
             return None, None, False
         if entry.seq > 1 and entry.prev != head[1] and entry.prev not in self._held_at(entry.doc, entry.device, entry.seq - 1):
             if self._held_at(entry.doc, entry.device, entry.seq - 1):
-                raise Refused("broken hash chain: prev matches no entry of this device")
+                # Not refused: the entry it names may be on another branch of a forked log that
+                # has not arrived yet; refusing would leave nodes holding different entries.
+                raise Pending("broken hash chain, or a forked branch: its previous entry has not arrived")
             raise Pending(f"entries before seq {entry.seq} of this device have not arrived")
         author = entry.cert["person"] if entry.cert else self.devices.get(entry.device)
         if author is None:
