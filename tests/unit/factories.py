@@ -15,6 +15,7 @@ from node.identity import new_device
 from node.ids import b32, new_id, now_ms
 from node.rules import bind_record_id, invite_message
 from node.service import Service, invite_key
+from sync import protocol
 
 
 class Member:
@@ -114,3 +115,18 @@ def congregation(root: Path, names=("Ada", "Bea", "Cy"), title: str = "Riverside
         admit(services[0], cid, other.me, other.my_name())
     sync_all(*services)
     return services, cid
+
+
+def exchange(a: Service, b: Service) -> tuple[int, int]:
+    """One full exchange, `a` the client and `b` the server, as over HTTPS but in-process."""
+    return protocol.run_exchange(lambda fn, *args: fn(a, *args), b.me,
+                                 lambda name, body: protocol.serve(b, a.me, name, body))
+
+
+def sync_until_quiet(nodes: list) -> None:
+    """Everyone syncs with everyone until a whole round moves nothing."""
+    for _ in range(20):
+        moved = sum(sum(exchange(a, b)) for a in nodes for b in nodes if a is not b)
+        if moved == 0:
+            return
+    raise AssertionError("sync did not become quiet after 20 rounds of everyone with everyone")

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from node.errors import NodeError
 from node.service import Service
+from factories import exchange, sync_until_quiet
 from sync import protocol
 
 FULL_BATCH = protocol.BATCH_ENTRIES
@@ -38,17 +39,6 @@ def open_service(home: Path, name: str | None = None) -> Service:
     # The test checks logic, not durability: skip the fsync of every single write.
     service.store.db.execute("PRAGMA synchronous=OFF")
     return service
-
-
-def exchange(a: Service, b: Service) -> tuple[int, int]:
-    """One full exchange, `a` the client and `b` the server, as over HTTPS but in-process."""
-    def run(fn, *args):
-        return fn(a, *args)
-
-    def remote(name, body):
-        return protocol.serve(b, a.me, name, body)
-
-    return protocol.run_exchange(run, b.me, remote)
 
 
 def member_of(service: Service, doc: str) -> bool:
@@ -90,17 +80,7 @@ class Net:
         return exchange(self.nodes[i], self.nodes[j])
 
     def sync_until_quiet(self) -> None:
-        n = len(self.nodes)
-        for _ in range(20):
-            moved = 0
-            for i in range(n):
-                for j in range(n):
-                    if i != j:
-                        received, sent = self.sync(i, j)
-                        moved += received + sent
-            if moved == 0:
-                return
-        raise AssertionError("sync did not become quiet after 20 rounds of everyone with everyone")
+        sync_until_quiet(self.nodes)
 
 
 def visible(service: Service, doc: str) -> bool:

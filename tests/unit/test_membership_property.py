@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 from node.errors import NodeError
 from node.service import Service
-from sync import protocol
+from factories import exchange, sync_until_quiet
 
 RAM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 EXAMPLES = int(os.environ.get("CREWNODE_MEMBERSHIP_EXAMPLES", 50))
@@ -59,12 +59,6 @@ def open_service(home: Path, name: str | None = None) -> Service:
     service = Service(home, name=name)
     service.store.db.execute("PRAGMA synchronous=OFF")     # logic, not durability
     return service
-
-
-def exchange(a: Service, b: Service) -> tuple[int, int]:
-    """One full exchange, `a` the client and `b` the server, in-process."""
-    return protocol.run_exchange(lambda fn, *args: fn(a, *args), b.me,
-                                 lambda name, body: protocol.serve(b, a.me, name, body))
 
 
 class Net:
@@ -96,17 +90,7 @@ class Net:
         return exchange(self.nodes[i], self.nodes[j])
 
     def sync_until_quiet(self) -> None:
-        n = len(self.nodes)
-        for _ in range(20):
-            moved = 0
-            for i in range(n):
-                for j in range(n):
-                    if i != j:
-                        received, sent = self.sync(i, j)
-                        moved += received + sent
-            if moved == 0:
-                return
-        raise AssertionError("sync did not become quiet after 20 rounds of everyone with everyone")
+        sync_until_quiet(self.nodes)
 
 
 def status_in(node: Service, doc: str, member: str) -> str | None:
