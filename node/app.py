@@ -1,4 +1,6 @@
 """The Flask app factory: the local page and the JSON API, guarded by `security`."""
+import threading
+
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -33,6 +35,19 @@ def create_app(node_thread, token: str, sync_engine=None) -> Flask:
     app.register_blueprint(carry_api)
     app.register_blueprint(carry_pages)
 
+    in_flight = InFlight()
+    app.config["IN_FLIGHT"] = in_flight
+
+    @app.before_request
+    def count_in():
+        if request.path != "/api/events":          # a live page's stream never ends by itself
+            in_flight.enter()
+
+    @app.teardown_request
+    def count_out(exc=None):
+        if request.path != "/api/events":
+            in_flight.leave()
+
     @app.before_request
     def guard():
         reason = security.cross_site_reason(request)
@@ -66,6 +81,28 @@ def create_app(node_thread, token: str, sync_engine=None) -> Flask:
         return exc
 
     return app
+
+
+class InFlight:
+    """How many requests are being answered, so a stop can let them finish first."""
+
+    def __init__(self):
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def enter(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being answered; False if `timeout` ran out first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count <= 0, timeout)
 
 
 def _error(status: int, message: str):

@@ -106,6 +106,8 @@ def serve(args) -> int:
         server.serve_forever()
     finally:
         print("crewnode is stopping…", flush=True)
+        # Requests already being answered finish before the store closes (no new ones arrive).
+        runtime.app.config["IN_FLIGHT"].wait_idle(timeout=10)
         runtime.stop()
         print("crewnode stopped.", flush=True)
     return 0
