@@ -16,6 +16,21 @@ def order_key(entry) -> tuple:
     return (entry.at, entry.hash)
 
 
+def apply_content(ydoc: Doc, update: bytes) -> None:
+    """Apply one pycrdt update to a document's content.
+
+    Inside a transaction already open on `ydoc` (the ledger opens one per document for a whole
+    batch), the update goes straight to that transaction: pycrdt's own `apply_update` opens and
+    closes a nested Python-level transaction for each update, which costs as much as applying it.
+    """
+    txn = getattr(ydoc, "_txn", None)                 # pycrdt 0.14: the open Transaction, if any
+    low = getattr(txn, "_txn", None)
+    if low is None:
+        ydoc.apply_update(update)
+        return
+    ydoc._doc.apply_update(low, update)
+
+
 @dataclass
 class Version:
     """One text of an agreement; a new version starts a new consent round."""
@@ -193,6 +208,7 @@ class DocState:
         self.moves: list[tuple] = []                    # (order key, congregation) a crew moved to
         self.vector: dict[str, int] = {}
         self.count = 0
+        self.latest_at = 0                              # the latest time of an entry that counts
         self.ydoc = Doc()
         self.meta = self.ydoc.get("meta", type=Map)
 
@@ -200,14 +216,20 @@ class DocState:
 
     def apply(self, entry, author: str) -> None:
         """Fold one accepted entry into the state."""
-        key = order_key(entry)
         op = entry.op
         kind = op["t"]
         self.count += 1
-        self.vector[entry.device] = max(self.vector.get(entry.device, 0), entry.seq)
-        self.devices[entry.device] = author
+        if entry.at > self.latest_at:
+            self.latest_at = entry.at
+        device = entry.device
+        if entry.seq > self.vector.get(device, 0):
+            self.vector[device] = entry.seq
+        self.devices[device] = author
         if entry.body:
-            self.ydoc.apply_update(entry.body)
+            apply_content(self.ydoc, entry.body)
+        if kind == "meta":                              # most entries: content only
+            return
+        key = order_key(entry)
         admitter = (key, author, entry.device, entry.seq)
         if kind == "genesis":
             self._admit(author, key, admitter)

@@ -6,10 +6,9 @@ Wire and hash format: u32 header length, header (canonical JSON), u32 body lengt
 document's id is the hash of its first entry, so no one can forge another document's id.
 """
 import hashlib
-import json
-import re
 import struct
-from dataclasses import dataclass, field
+
+import orjson
 
 from .identity import IdentityError, check_device_cert, verify
 from .ids import canonical_json, is_key_id, unb32
@@ -19,13 +18,14 @@ MAX_HEADER = 64 * 1024
 MAX_BODY = 1024 * 1024
 MAX_ENTRY = MAX_HEADER + MAX_BODY + 72
 HEADER_KEYS = {"v", "doc", "dev", "seq", "prev", "at", "op"}
+_HEADER_KEYS_CERT = HEADER_KEYS | {"cert"}
+_U32 = struct.Struct(">I")
 
 
 class EntryError(ValueError):
     """An entry that is malformed or whose signature does not hold."""
 
 
-@dataclass
 class Entry:
     """One decoded entry; `raw` is exactly the bytes that were hashed and signed.
 
@@ -33,22 +33,31 @@ class Entry:
     is_genesis), read once: the accept pipeline reads them many times per entry.
     """
 
-    hash: str
-    header: dict
-    body: bytes
-    sig: bytes
-    raw: bytes = field(repr=False)
+    __slots__ = ("hash", "header", "body", "sig", "raw", "is_genesis", "doc", "device", "seq", "prev", "at",
+                 "op", "cert")
 
-    def __post_init__(self) -> None:
-        header = self.header
+    def __init__(self, hash: str, header: dict, body: bytes, sig: bytes, raw: bytes):
+        self.hash = hash
+        self.header = header
+        self.body = body
+        self.sig = sig
+        self.raw = raw
         self.is_genesis: bool = header["doc"] == ""
-        self.doc: str = header["doc"] or self.hash      # a genesis entry names its own hash
+        self.doc: str = header["doc"] or hash          # a genesis entry names its own hash
         self.device: str = header["dev"]
         self.seq: int = header["seq"]
         self.prev: str = header["prev"]
         self.at: int = header["at"]
         self.op: dict = header["op"]
         self.cert: dict | None = header.get("cert")
+
+    def __repr__(self) -> str:
+        return f"Entry({self.hash[:12]}, {self.op.get('t')!r}, seq {self.seq})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Entry) and other.raw == self.raw
+
+    __hash__ = None
 
     def signature_holds(self) -> bool:
         """Check this entry's own signature against its device key."""
@@ -78,43 +87,44 @@ def decode_entry(raw: bytes) -> Entry:
     if len(raw) > MAX_ENTRY:
         raise EntryError("entry is too large")
     raw = bytes(raw)
-    (hlen,) = struct.unpack_from(">I", raw, 0)
+    (hlen,) = _U32.unpack_from(raw, 0)
     if hlen > MAX_HEADER or 4 + hlen + 4 + 64 > len(raw):
         raise EntryError("entry is truncated")
-    header_bytes = raw[4:4 + hlen]
-    (blen,) = struct.unpack_from(">I", raw, 4 + hlen)
+    (blen,) = _U32.unpack_from(raw, 4 + hlen)
     if blen > MAX_BODY or 8 + hlen + blen + 64 != len(raw):
         raise EntryError("entry length does not match its contents")
-    body = raw[8 + hlen:8 + hlen + blen]
-    sig = raw[8 + hlen + blen:]
     try:
-        header = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:   # deep nesting: RecursionError
+        # orjson: a received batch parses tens of thousands of headers; the stdlib parser took
+        # about a fifth of a sync's time. It is also stricter (no NaN, no integers past 64 bits).
+        header = orjson.loads(raw[4:4 + hlen])
+    except orjson.JSONDecodeError as exc:
         raise EntryError("entry header is not JSON") from exc
     _check_header(header)
-    digest = hashlib.sha256(raw[:-64]).hexdigest()
-    return Entry(digest, header, body, sig, raw)
+    body = raw[8 + hlen:8 + hlen + blen]
+    digest = hashlib.sha256(memoryview(raw)[:-64]).hexdigest()
+    return Entry(digest, header, body, raw[-64:], raw)
 
 
 def _check_header(header) -> None:
-    if not isinstance(header, dict) or not HEADER_KEYS <= set(header) or set(header) - HEADER_KEYS - {"cert"}:
+    if type(header) is not dict or (header.keys() != HEADER_KEYS and header.keys() != _HEADER_KEYS_CERT):
         raise EntryError("entry header has the wrong fields")
     if header["v"] != 1:
         raise EntryError("entry version is not supported")
-    seq, prev, doc = header["seq"], header["prev"], header["doc"]
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+    seq, prev, doc, at = header["seq"], header["prev"], header["doc"], header["at"]
+    if type(seq) is not int or seq < 1:                 # (type, not isinstance: True is an int)
         raise EntryError("entry seq must be a positive integer")
-    if not isinstance(header["at"], int) or header["at"] < 0:
+    if type(at) is not int or at < 0:
         raise EntryError("entry time must be an integer")
-    if not isinstance(doc, str) or (doc and not _is_hash(doc)):
+    if type(doc) is not str or (doc and not _is_hash(doc)):
         raise EntryError("entry document id is malformed")
-    if not isinstance(prev, str) or (prev and not _is_hash(prev)) or (seq == 1) != (prev == ""):
+    if type(prev) is not str or (prev and not _is_hash(prev)) or (seq == 1) != (prev == ""):
         raise EntryError("entry chain link is malformed")
     if doc == "" and seq != 1:
         raise EntryError("a document's first entry must have seq 1")
     if not is_key_id(header["dev"]):
         raise EntryError("entry device id is malformed")
-    if not isinstance(header["op"], dict) or not isinstance(header["op"].get("t"), str):
+    op = header["op"]
+    if type(op) is not dict or type(op.get("t")) is not str:
         raise EntryError("entry operation is malformed")
     if "cert" in header:
         try:
@@ -127,11 +137,39 @@ def _check_header(header) -> None:
         raise EntryError("a device's first entry in a document must carry its certificate")
 
 
-_HASH = re.compile(r"[0-9a-f]{64}")
-
-
 def _is_hash(text: str) -> bool:
-    return _HASH.fullmatch(text) is not None
+    # A hex round trip: exact (64 lowercase hex digits, nothing else) and faster than a regex.
+    try:
+        return len(text) == 64 and bytes.fromhex(text).hex() == text
+    except ValueError:
+        return False
+
+
+class CheckedBatch:
+    """Received entries decoded and signature-checked (`check_batch`), ready for Ledger.ingest."""
+
+    def __init__(self, entries: list[Entry], refused: list[tuple]):
+        self.entries = entries
+        self.refused = refused            # (hash or None, reason)
+
+
+def check_batch(raws: list[bytes]) -> CheckedBatch:
+    """Decode and check the signatures of a batch of received entries.
+
+    Needs nothing but the bytes, so it may run on any thread: the sync client checks the next
+    batch while the node's thread takes in this one, and signature checks release the GIL.
+    """
+    entries, refused = [], []
+    for raw in raws:
+        try:
+            entries.append(decode_entry(raw))
+        except EntryError as exc:
+            refused.append((None, str(exc)))
+    signed = verify_runs(entries)
+    if not all(signed.values()):
+        refused += [(e.hash, "signature does not hold") for e in entries if not signed[e.hash]]
+        entries = [e for e in entries if signed[e.hash]]
+    return CheckedBatch(entries, refused)
 
 
 def verify_runs(entries: list[Entry]) -> dict[str, bool]:

@@ -5,6 +5,7 @@ device writes its own log and no two devices ever share a log by accident. The s
 names the device's X25519 sealing key, with which others seal bundles for that member
 (node/carry.py): whoever can check a device's entries can also seal for it.
 """
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -85,23 +86,31 @@ def check_device_cert(cert) -> tuple[str, str]:
     """
     if not isinstance(cert, dict) or set(cert) != CERT_KEYS:
         raise IdentityError("device certificate is malformed")
-    try:
-        person = unb32(cert["person"])
-        device = unb32(cert["device"])
-        seal = unb32(cert["seal"])
-        sig = unb32(cert["sig"])
-    except (ValueError, TypeError) as exc:
-        raise IdentityError("device certificate is malformed") from exc
-    at = cert["at"]
-    if len(person) != 32 or len(device) != 32 or len(seal) != 32 or len(sig) != 64 \
-            or not isinstance(at, int) or isinstance(at, bool) or at < 0:
+    fields = (cert["person"], cert["device"], cert["seal"], cert["at"], cert["sig"])
+    if not all(type(v) is str for v in fields[:3] + fields[4:]) or type(fields[3]) is not int:
         raise IdentityError("device certificate is malformed")
-    if b32(person) != cert["person"] or b32(device) != cert["device"] or b32(seal) != cert["seal"]:
-        raise IdentityError("device certificate is malformed")      # one spelling per key
-    body = {k: cert[k] for k in ("person", "device", "seal", "at")}
-    if not verify(person, sig, CERT_CONTEXT + canonical_json(body)):
-        raise IdentityError("device certificate signature does not hold")
+    problem = _cert_problem(*fields)
+    if problem:
+        raise IdentityError(problem)
     return cert["person"], cert["device"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _cert_problem(person_id: str, device_id: str, seal_id: str, at: int, sig_text: str) -> str | None:
+    # Cached: the same certificate comes with a device's first entry in every document and with
+    # every connection, and checking it is a signature verification.
+    try:
+        person, device, seal, sig = (unb32(v) for v in (person_id, device_id, seal_id, sig_text))
+    except ValueError:
+        return "device certificate is malformed"
+    if len(person) != 32 or len(device) != 32 or len(seal) != 32 or len(sig) != 64 or at < 0:
+        return "device certificate is malformed"
+    if b32(person) != person_id or b32(device) != device_id or b32(seal) != seal_id:
+        return "device certificate is malformed"      # one spelling per key
+    body = {"person": person_id, "device": device_id, "seal": seal_id, "at": at}
+    if not verify(person, sig, CERT_CONTEXT + canonical_json(body)):
+        return "device certificate signature does not hold"
+    return None
 
 
 def cert_seal_key(cert) -> bytes:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from . import snapshots
 from .docstate import DocState, membership_event, order_key
-from .entries import EntryError, decode_entry, verify_runs
+from .entries import CheckedBatch, check_batch, decode_entry
 from .rules import Pending, Refused, Void, check_genesis, check_op
 
 MAX_PENDING = 200_000
@@ -112,35 +112,28 @@ class Ledger:
     # -- accepting ---------------------------------------------------------------------------
 
     @_without_cyclic_gc
-    def ingest(self, raws: list[bytes], allowed_docs=None, retry_docs=()) -> IngestResult:
-        """Check and store a batch of received entries; retry what waited on them.
+    def ingest(self, raws, allowed_docs=None, retry_docs=()) -> IngestResult:
+        """Check and store a batch of received entries (raw bytes, or a CheckedBatch made by
+        entries.check_batch); retry what waited on them.
 
         With `allowed_docs`, entries of any other document are refused: a peer may only send
         what was asked of it. Entries waiting in the documents of `retry_docs` are retried too.
         """
-        result = IngestResult()
-        decoded = []
-        for raw in raws:
-            try:
-                entry = decode_entry(raw)
-            except EntryError as exc:
-                result.refused.append((None, str(exc)))
-                continue
-            if allowed_docs is not None and entry.doc not in allowed_docs:
-                result.refused.append((entry.hash, "this document was not part of the exchange"))
-                continue
-            decoded.append(entry)
-        held = self.store.held_among({e.hash for e in decoded})
+        checked = raws if isinstance(raws, CheckedBatch) else check_batch(raws)
+        result = IngestResult(refused=list(checked.refused))
+        decoded = checked.entries
+        if allowed_docs is not None:
+            for entry in decoded:
+                if entry.doc not in allowed_docs:
+                    result.refused.append((entry.hash, "this document was not part of the exchange"))
+            decoded = [e for e in decoded if e.doc in allowed_docs]
+        held = self._held_among(decoded)
         fresh = {}
         for entry in decoded:
             if entry.hash in fresh or entry.hash in held:
                 result.known += 1
                 continue
             fresh[entry.hash] = entry
-        signed = verify_runs(list(fresh.values()))
-        for h in [h for h, ok in signed.items() if not ok]:
-            result.refused.append((h, "signature does not hold"))
-            del fresh[h]
         # Documents whose first entry waits (a crew waiting for its founder's admission) are
         # retried with every batch: what unlocks them lives in another document.
         docs = {e.doc for e in fresh.values()} | set(retry_docs) | \
@@ -190,7 +183,7 @@ class Ledger:
         reasons: dict[str, str] = {}
         recompute: set[str] = set()
         self._batch = {}
-        self._held = self.store.held_among(candidates)
+        self._held = self._held_among(candidates.values())
         progress = True
         while remaining and progress:
             progress = False
@@ -225,6 +218,17 @@ class Ledger:
             remaining = still
         self._batch, self._held = {}, set()
         return decided, {e.hash: reasons[e.hash] for e in remaining}, recompute
+
+    def _held_among(self, entries) -> set[str]:
+        """Hashes of `entries` held here already. Only entries that may be are looked up: an
+        entry past the end of its device's kept branch is not held, unless that log forked (a
+        dropped branch may be longer), so a sync of new entries costs no lookups."""
+        maybe = []
+        for entry in entries:
+            head = self.heads.get((entry.doc, entry.device))
+            if entry.is_genesis or (head is not None and (entry.seq <= head[0] or getattr(self.states.get(entry.doc), "forks", True))):
+                maybe.append(entry.hash)
+        return self.store.held_among(maybe) if maybe else set()
 
     def doc_heads(self, doc: str) -> dict[str, tuple]:
         """device -> (seq, hash) at the end of its kept branch, for one document."""
@@ -316,21 +320,38 @@ class Ledger:
             state.void_invites.add(entry.op["key"])
 
     def _commit(self, decided, reasons, candidates, was_pending: set, durable: bool = True) -> None:
+        """Store a settled batch: held entries, what waits now, and the snapshots due.
+
+        Not `durable` (received entries): finished on the store's writer thread while this
+        thread goes on (Store.write_behind); everything it writes is made here first.
+        """
         rows = [(e.hash, e.doc, e.device, e.seq, author, e.at, e.op["t"], e.raw,
                  "accepted" if why is None else "void", why) for e, author, why in decided]
         newly_waiting = [(h, candidates[h].doc, candidates[h].raw, reason, candidates[h].at)
                          for h, reason in reasons.items() if h not in was_pending]
+        if newly_waiting:
+            newly_waiting = newly_waiting[:max(MAX_PENDING - self.store.pending_count(), 0)]
         done = [h for h in was_pending if h not in reasons]
-        room = MAX_PENDING - self.store.pending_count()
         for entry, _, _ in decided:
             self._since_snapshot[entry.doc] = self._since_snapshot.get(entry.doc, 0) + 1
         due = [doc for doc, count in self._since_snapshot.items() if count >= SNAPSHOT_EVERY]
-        with self.store.atomic(durable):
-            self.store.insert_entries(rows)
-            self.store.add_pending(newly_waiting[:max(room, 0)])
-            self.store.drop_pending(done)
-            for doc in due:                              # in the same transaction: no fsync of its own
-                self.snapshot(doc)
+        # Each new row takes the next rowid: the snapshots are as of this batch's last row.
+        upto = self.store.max_rowid() + len(rows) if due else 0
+        snaps = [self._snapshot_row(doc, upto, full=False) for doc in due]
+
+        def write_rest(store) -> None:
+            store.add_pending(newly_waiting)
+            store.drop_pending(done)
+            if snaps and store.max_rowid() == upto:      # else a row was held already: none now
+                for snap in snaps:
+                    store.save_snapshot(*snap)
+
+        if durable:
+            with self.store.atomic():
+                self.store.insert_entries(rows)
+                write_rest(self.store)
+        else:
+            self.store.write_behind(rows, write_rest)
 
     # -- recomputing -------------------------------------------------------------------------
 
@@ -390,23 +411,29 @@ class Ledger:
         self.heads.update(branch_heads([genesis, *kept]))
         return state
 
-    def snapshot(self, doc: str | None = None) -> None:
-        """Save snapshots (of one or all documents) so the next start skips replay.
-
-        All documents (at a clean stop): content and facts. One document (every SNAPSHOT_EVERY
-        entries): its pycrdt content, and its facts only when it has doubled since they were
-        last saved, so that saving them costs little in all (they are much bigger).
-        """
+    def snapshot(self) -> None:
+        """Save a snapshot of every document (content and facts), so the next start skips replay."""
         upto = self.store.max_rowid()
-        for doc_id in [doc] if doc else list(self.states):
-            state = self.states[doc_id]
-            facts = None
-            if doc is None or state.count - self._facts_at.get(doc_id, 0) >= max(SNAPSHOT_EVERY,
-                                                                                  self._facts_at.get(doc_id, 0)):
-                facts = snapshots.dump_facts(state, upto)
-                self._facts_at[doc_id] = state.count
-            self.store.save_snapshot(doc_id, upto, state.ydoc.get_update(), facts)
-            self._since_snapshot[doc_id] = 0
+        snaps = [self._snapshot_row(doc, upto, full=True) for doc in list(self.states)]
+        with self.store.atomic():
+            for snap in snaps:
+                self.store.save_snapshot(*snap)
+
+    def _snapshot_row(self, doc: str, upto: int, full: bool) -> tuple:
+        """(doc, upto, content, facts or None): a document's snapshot as of rowid `upto`.
+
+        Every SNAPSHOT_EVERY entries a document saves its pycrdt content, and its facts only
+        when it has doubled since they were last saved, so that saving them costs little in
+        all (they are much bigger); at a clean stop (`full`), its facts too.
+        """
+        state = self.states[doc]
+        facts = None
+        last = self._facts_at.get(doc, 0)
+        if full or state.count - last >= max(SNAPSHOT_EVERY, last):
+            facts = snapshots.dump_facts(state, upto)
+            self._facts_at[doc] = state.count
+        self._since_snapshot[doc] = 0
+        return doc, upto, state.ydoc.get_update(), facts
 
 
 def waits_on_void(state: DocState, entry, author: str) -> bool:

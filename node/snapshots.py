@@ -84,7 +84,7 @@ class _FactsUnpickler(pickle.Unpickler):
             return {"set": set, "frozenset": frozenset}[name]
         if module in (docstate.__name__, entries.__name__):
             found = getattr(sys.modules[module], name, None)
-            if isinstance(found, type) and dataclasses.is_dataclass(found):
+            if found is Entry or (isinstance(found, type) and dataclasses.is_dataclass(found)):
                 return found
         raise pickle.UnpicklingError(f"a snapshot may not name {module}.{name}")
 

@@ -1,35 +1,48 @@
 """The node's SQLite file: accepted entries, entries waiting for their dependencies, snapshots.
 
-One connection, used from the node's own thread only. Writes are grouped into one transaction
-per batch (sqlite-utils commits on every call otherwise), and the file is in WAL mode with
-full sync, so an entry is on disk before anyone is told it was written (entries received from
-peers, which the peers still hold, are committed without an fsync of their own: see atomic).
+One connection, used from the node's own thread, and by a writer thread while the node's
+thread waits for it (see `write_behind`). Writes are grouped into one transaction per batch
+(sqlite-utils commits on every call otherwise), and the file is in WAL mode with full sync,
+so an entry is on disk before anyone is told it was written (entries received from peers,
+which the peers still hold, are committed without an fsync of their own: see atomic).
 """
 import json
+import logging
+import sqlite3
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
 
 from .entries import decode_entry
+from .wal import Checkpointer
+
+log = logging.getLogger(__name__)
+ENTRY_COLUMNS = ("hash", "doc", "device", "seq", "author", "at", "kind", "raw", "status", "reason")
 
 
 class Store:
     """Entries and snapshots in `home/crewnode.db`."""
 
     def __init__(self, path: Path):
-        self.db = sqlite_utils.Database(str(path))
         # Autocommit outside `atomic()`: Python's implicit transactions would otherwise keep a
         # lone write uncommitted and turn the next `atomic()` into a savepoint that never commits.
-        self.db.conn.isolation_level = None
+        # Not bound to one thread: the writer thread uses it too, never at the same time.
+        self._db = sqlite_utils.Database(sqlite3.connect(str(path), isolation_level=None, check_same_thread=False))
+        self._behind: Future | None = None             # the write under way on the writer thread
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_thread: threading.Thread | None = None
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=FULL")
         # 32 MiB of page cache (the default is 2 MiB): the entries' indexes of a long history
         # stay in memory, so inserting a batch does not re-read them page by page.
         self.db.execute("PRAGMA cache_size=-32768")
-        # Checkpoint the WAL into the file every 40 MB of pages rather than every 4 MB: a sync
-        # batch of thousands of entries then costs one checkpoint now and then, not one each.
-        self.db.execute("PRAGMA wal_autocheckpoint=10000")
+        # The WAL is copied into the file by a thread of its own (node.wal), not by the commit
+        # that crosses a threshold; this connection still does it at close.
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self.checkpointer = Checkpointer(path)
         self._create_tables()
 
     def _create_tables(self) -> None:
@@ -49,6 +62,55 @@ class Store:
             db["snapshots"].create({"doc": str, "upto": int, "state": bytes, "facts": str}, pk="doc")
         if "kv" not in db.table_names():
             db["kv"].create({"key": str, "value": str}, pk="key")
+        db.execute("PRAGMA temp_store=MEMORY")
+        db.execute(f"CREATE TEMP TABLE IF NOT EXISTS staging ({', '.join(ENTRY_COLUMNS)})")
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The database, once any write under way on the writer thread is done."""
+        if self._behind is not None and threading.current_thread() is not self._writer_thread:
+            self.catch_up()
+        return self._db
+
+    def catch_up(self) -> None:
+        """Wait for the write under way on the writer thread; raises what it raised."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.result()
+
+    def write_behind(self, rows: list[tuple], then=None) -> None:
+        """Insert held entries (as `insert_entries`), then run `then(store)`, in one transaction
+        (not durable, as `atomic(False)`) finished by a writer thread while the caller goes on;
+        the next use of the store waits for it.
+
+        For received batches. The rows go into an in-memory table here, and one INSERT ... SELECT
+        on the writer thread moves them into `entries`: a single SQLite call that updates the
+        indexes with the GIL released, while the node's thread checks the next batch. (Inserting
+        row by row there would take the GIL back after every row, and wait for it each time.)
+        """
+        conn = self.db.conn
+        with self._db.atomic():
+            conn.executemany(f"INSERT INTO temp.staging VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})", rows)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="crewnode-store", initializer=self._be_writer)
+        self._behind = self._writer.submit(self._write_staged, then)
+
+    def _be_writer(self) -> None:
+        self._writer_thread = threading.current_thread()
+
+    def _write_staged(self, then) -> None:
+        columns = ", ".join(ENTRY_COLUMNS)
+        try:
+            with self.atomic(durable=False):
+                self._db.execute(f"INSERT OR IGNORE INTO entries ({columns}) SELECT {columns} FROM temp.staging"
+                                 " ORDER BY rowid")
+                if then is not None:
+                    then(self)
+        except Exception:
+            log.exception("a batch of received entries could not be stored")
+            raise
+        finally:
+            self._db.execute("DELETE FROM temp.staging")
 
     @contextmanager
     def atomic(self, durable: bool = True):
@@ -65,21 +127,28 @@ class Store:
         try:
             with self.db.atomic():
                 yield
+            self.checkpointer.nudge()
         finally:
             if level is not None and level > 1:
                 self.db.execute(f"PRAGMA synchronous={int(level)}")
 
     def close(self) -> None:
         """Close the connection (WAL content is checkpointed by SQLite)."""
-        self.db.close()
+        try:
+            self.catch_up()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+            self.checkpointer.close()
+            self._db.close()
 
     # -- entries ---------------------------------------------------------------------------
 
     def insert_entries(self, rows: list[tuple]) -> None:
         """Insert held entries: (hash, doc, device, seq, author, at, kind, raw, status, reason)."""
         self.db.conn.executemany(
-            "INSERT OR IGNORE INTO entries (hash, doc, device, seq, author, at, kind, raw, status, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})",
+            rows)
 
     def set_statuses(self, verdicts: dict) -> None:
         """Record, after a recompute, which held entries count: {hash: None or why not}."""

@@ -148,6 +148,8 @@ class SyncEngine:
         try:
             if name == "pair":                           # a second device of my member (issue 7)
                 return 200, pack(self.node.call(carry.answer_pairing, peer.device_key, unpack(body)[0]))
+            if name == "push":                           # checked here: the node's thread only takes them in
+                body = protocol.read_request(body)
             status, reply, started, shares = self.node.call(self._serve, peer.member_id, b32(peer.device_key),
                                                             name, body)
             if self.autosync is not None and name == "exchange" and not _more(reply):
@@ -158,7 +160,7 @@ class SyncEngine:
         except NodeError as exc:
             return exc.status, _error(exc.message)
 
-    def _serve(self, service, member: str, device: str, name: str, body: bytes):
+    def _serve(self, service, member: str, device: str, name: str, body):
         """On the node thread, in one turn: check, answer and note one request of a peer.
 
         Returns (status, reply, when the answer began (monotonic), whether the peer shares a

@@ -12,6 +12,7 @@ import json
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
+from node.entries import CheckedBatch, check_batch
 from node.ids import is_key_id
 
 MAX_ROUNDS = 10_000
@@ -282,14 +283,14 @@ def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
                 entries)
 
 
-def take_entries(service, entries: list[bytes], allowed_docs=None):
-    """Ingest entries from a peer and tell listeners; returns the IngestResult."""
+def take_entries(service, entries, allowed_docs=None):
+    """Ingest entries from a peer (raw, or a CheckedBatch) and tell listeners; returns the IngestResult."""
     result = service.ledger.ingest(entries, allowed_docs)
     service.changed(result.accepted)
     return result
 
 
-def receive_push(service, peer_member: str, meta: dict, entries: list[bytes]) -> bytes:
+def receive_push(service, peer_member: str, meta: dict, entries) -> bytes:
     """The server's side of a push: take entries of the documents it was offered."""
     docs = meta.get("docs", [])
     if not isinstance(docs, list) or len(docs) > MAX_DOCS:
@@ -302,9 +303,17 @@ def receive_push(service, peer_member: str, meta: dict, entries: list[bytes]) ->
                  "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"]})
 
 
-def serve(service, peer_member: str, name: str, body: bytes) -> bytes:
-    """Answer one protocol call of an authenticated peer (on the node thread)."""
+def read_request(body: bytes) -> tuple[dict, CheckedBatch]:
+    """Split a request and check the entries it carries (entries.check_batch). Needs no node:
+    the listener's thread does it, and the node's thread gets entries ready to take in."""
     meta, entries = unpack(body)
+    return meta, check_batch(entries)
+
+
+def serve(service, peer_member: str, name: str, body) -> bytes:
+    """Answer one protocol call of an authenticated peer (on the node thread); `body` is the
+    request's bytes, or what read_request made of them."""
+    meta, entries = body if isinstance(body, tuple) else unpack(body)
     if name == "exchange":
         return answer_exchange(service, peer_member, meta)
     if name == "push":
@@ -328,12 +337,16 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
     want_heads: dict = {}
     want_forks: dict | None = None
     after: dict = {}
+
+    def ask(opening: dict) -> tuple[dict, CheckedBatch]:
+        # Off the node's thread: the entries come back decoded and signature-checked.
+        return read_request(remote("exchange", pack(opening)))
+
     pool = ThreadPoolExecutor(1, thread_name_prefix="crewnode-prefetch") if prefetch else None
     try:
         opening = run(offer, peer_member)
-        reply = remote("exchange", pack(opening))
+        reply_meta, entries = ask(opening)
         for _ in range(MAX_ROUNDS):
-            reply_meta, entries = unpack(reply)
             want = check_vectors(reply_meta.get("want", {}))
             want_heads = check_heads(reply_meta.get("want_heads"))
             want_forks = check_forks(reply_meta.get("want_forks"))
@@ -341,7 +354,7 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
             more = bool(reply_meta.get("more"))
             ahead = None
             if pool is not None and more and moved != after:
-                ahead = pool.submit(remote, "exchange", pack({**opening, "after": moved}))
+                ahead = pool.submit(ask, {**opening, "after": moved})
             result = run(take_entries, entries)
             received += len(result.accepted) + result.void
             if not more:
@@ -350,11 +363,11 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
                 break                                   # no progress: stop rather than ask again
             after = moved
             if ahead is not None:
-                reply = ahead.result()
+                reply_meta, entries = ahead.result()
             else:
                 opening = run(offer, peer_member)
                 opening["after"] = after
-                reply = remote("exchange", pack(opening))
+                reply_meta, entries = ask(opening)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
