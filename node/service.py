@@ -24,6 +24,7 @@ from .rules import (bind_record_id, MAX_NAME, MAX_REASON, MAX_TEXT, MAX_TITLE, R
 from .store import Store
 
 INVITE_DAYS = 7
+CLOCK_SKEW_MS = 10 * 60_000                       # see Service._clock
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"   # no 0/O, 1/I/L: read aloud without doubt
 
 
@@ -107,7 +108,8 @@ class Service:
                     state.meta[key] = value
             body = state.ydoc.get_update(before)
         bind_record_id(op, doc, self.identity.device_id, seq + 1)
-        entry = build_entry(self.identity, doc, seq + 1, prev, self._clock(), op, body, with_cert=seq == 0)
+        entry = build_entry(self.identity, doc, seq + 1, prev, self._clock(state.latest_at), op, body,
+                            with_cert=seq == 0)
         try:
             self.ledger.append(entry)
         except Refused as exc:
@@ -115,11 +117,15 @@ class Service:
         self.changed([entry])
         return entry
 
-    def _clock(self) -> int:
+    def _clock(self, seen: int = 0) -> int:
         """The time of my next entry: later than my previous one, even within one millisecond or
         after the wall clock stepped back, so my own successive changes count in the order made
-        ("latest wins" settles facts by entry time)."""
-        self._last_at = max(now_ms(), self._last_at + 1)
+        ("latest wins" settles facts by entry time); and later than `seen`, the latest entry of
+        the document, so what I write after reading it comes after it (a removal proposed after
+        a member left knows they left), unless that entry is from more than CLOCK_SKEW_MS ahead
+        of my clock: a clock far ahead must not drag every member's along."""
+        now = now_ms()
+        self._last_at = max(now, self._last_at + 1, seen + 1 if seen <= now + CLOCK_SKEW_MS else 0)
         return self._last_at
 
     def _genesis(self, op: dict, content: dict) -> str:

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from node.errors import NodeError
+from node.ids import now_ms
 from node.service import Service
 from factories import exchange, sync_until_quiet
 
@@ -91,6 +93,16 @@ class Net:
 
     def sync_until_quiet(self) -> None:
         sync_until_quiet(self.nodes)
+
+
+def wait_past(node: Service, doc: str) -> None:
+    """Wait until the wall clock passes the latest entry `node` holds in `doc`: what another
+    node writes next, not knowing of it, then comes after it in time (in-process nodes act
+    within the same millisecond, and a tie in time is settled by hash, either way)."""
+    deadline = time.monotonic() + 5
+    while now_ms() <= node.states[doc].latest_at:
+        assert time.monotonic() < deadline, "the clock did not move"
+        time.sleep(0.001)
 
 
 def status_in(node: Service, doc: str, member: str) -> str | None:
@@ -396,6 +408,7 @@ def test_a_cut_that_drops_an_admission_its_writer_never_saw(tmp_path):
     net.groups = [0, 1, 0, 0, 1]
     for index in (2, 3):
         net.sync(index, 0)
+    wait_past(m0, net.cid)
     net.admit(m1, newcomer)                          # M1's node does not know of the removal yet
     newcomer.propose(net.cid, "Newcomer idea", "")
     net.sync(4, 1)
@@ -532,6 +545,7 @@ def test_an_exit_is_no_answer_once_the_member_is_back(tmp_path):
     m1.leave(net.crew)
     net.sync_until_quiet()
     m0.add_crew_member(net.crew, m1.me)
+    wait_past(m0, net.crew)
     removal = m2.propose_removal(net.crew, m0.me, "reason")["id"]
     m2.respond(removal, "consent")
     assert status_in(m2, net.crew, m0.me) == "removed"     # M2's node saw it agreed
@@ -559,6 +573,7 @@ def test_a_member_readmitted_by_a_removed_member_learns_it_does_not_count(tmp_pa
     removal = m2.propose_removal(net.crew, m0.me, "reason")["id"]
     m2.respond(removal, "consent")
     assert status_in(m2, net.crew, m0.me) == "removed"
+    wait_past(m2, net.crew)
     m0.add_crew_member(net.crew, m1.me)
     net.sync(1, 0)
     assert status_in(m1, net.crew, m1.me) == "active"
