@@ -6,6 +6,7 @@ thread waits for it (see `write_behind`). Writes are grouped into one transactio
 so an entry is on disk before anyone is told it was written (entries received from peers,
 which the peers still hold, are committed without an fsync of their own: see atomic).
 """
+import itertools
 import json
 import logging
 import sqlite3
@@ -14,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import sqlite_utils
 
 from .entries import decode_entry
@@ -62,8 +64,6 @@ class Store:
             db["snapshots"].create({"doc": str, "upto": int, "state": bytes, "facts": str}, pk="doc")
         if "kv" not in db.table_names():
             db["kv"].create({"key": str, "value": str}, pk="key")
-        db.execute("PRAGMA temp_store=MEMORY")
-        db.execute(f"CREATE TEMP TABLE IF NOT EXISTS staging ({', '.join(ENTRY_COLUMNS)})")
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -80,37 +80,41 @@ class Store:
 
     def write_behind(self, rows: list[tuple], then=None) -> None:
         """Insert held entries (as `insert_entries`), then run `then(store)`, in one transaction
-        (not durable, as `atomic(False)`) finished by a writer thread while the caller goes on;
-        the next use of the store waits for it.
+        (not durable, as `atomic(False)`) made by a writer thread while the caller goes on; the
+        next use of the store waits for it.
 
-        For received batches. The rows go into an in-memory table here, and one INSERT ... SELECT
-        on the writer thread moves them into `entries`: a single SQLite call that updates the
-        indexes with the GIL released, while the node's thread checks the next batch. (Inserting
-        row by row there would take the GIL back after every row, and wait for it each time.)
+        For received batches. The rows travel as one JSON text (every column but the raw
+        entry, which is given by its place in one joined blob) into a single INSERT ... SELECT:
+        one SQLite call that parses them and updates the indexes with the GIL released, while
+        the node's thread checks the next batch. (Rows bound one by one would hold the GIL for
+        each, and a writer thread would wait for it after every row.)
         """
-        conn = self.db.conn
-        with self._db.atomic():
-            conn.executemany(f"INSERT INTO temp.staging VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})", rows)
+        starts = list(itertools.accumulate((len(row[7]) for row in rows), initial=1))
+        fields = orjson.dumps([row[:7] + (starts[i], starts[i + 1] - starts[i]) + row[8:]
+                               for i, row in enumerate(rows)])
+        blob = b"".join([row[7] for row in rows])
+        self.catch_up()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="crewnode-store", initializer=self._be_writer)
-        self._behind = self._writer.submit(self._write_staged, then)
+        self._behind = self._writer.submit(self._write_rows, fields, blob, then)
 
     def _be_writer(self) -> None:
         self._writer_thread = threading.current_thread()
 
-    def _write_staged(self, then) -> None:
+    def _write_rows(self, fields: bytes, blob: bytes, then) -> None:
         columns = ", ".join(ENTRY_COLUMNS)
+        values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(7)) + \
+            ", substr(:blob, json_extract(value, '$[7]'), json_extract(value, '$[8]'))" + \
+            ", json_extract(value, '$[9]'), json_extract(value, '$[10]')"
         try:
             with self.atomic(durable=False):
-                self._db.execute(f"INSERT OR IGNORE INTO entries ({columns}) SELECT {columns} FROM temp.staging"
-                                 " ORDER BY rowid")
+                self._db.conn.execute(f"INSERT OR IGNORE INTO entries ({columns}) SELECT {values}"
+                                      " FROM json_each(:fields) ORDER BY key", {"fields": fields.decode(), "blob": blob})
                 if then is not None:
                     then(self)
         except Exception:
             log.exception("a batch of received entries could not be stored")
             raise
-        finally:
-            self._db.execute("DELETE FROM temp.staging")
 
     @contextmanager
     def atomic(self, durable: bool = True):

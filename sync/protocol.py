@@ -18,6 +18,9 @@ from node.ids import is_key_id
 MAX_ROUNDS = 10_000
 
 BATCH_ENTRIES = 10_000
+# The first batch of an exchange is smaller: the node starts taking it in sooner, while the
+# next one is prepared and checked.
+FIRST_BATCH = 2_000
 BATCH_BYTES = 8 * 1024 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_DOCS = 10_000
@@ -270,8 +273,11 @@ def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
     """The server's answer to an exchange: what the client lacks, and my vectors."""
     have = check_vectors(meta.get("have", {}))
     after = check_after(meta.get("after"))
-    entries, more, cursor = missing_batch(service, peer_member, have, their_heads=check_heads(meta.get("heads")),
-                                          their_forks=check_forks(meta.get("forks")), after=after)
+    limit = meta.get("limit", BATCH_ENTRIES)            # the client's; mine caps it
+    if type(limit) is not int or limit < 1:
+        raise ProtocolError("limit must be a positive number of entries")
+    entries, more, cursor = missing_batch(service, peer_member, have, min(limit, BATCH_ENTRIES), check_heads(meta.get("heads")),
+                                          check_forks(meta.get("forks")), after)
     # Receiving is safe from anyone (every entry is checked on its own signature and author), so
     # the client may push any document it offered, even one whose news has not reached me yet
     # that it is a member (it may be carrying its own admission).
@@ -345,7 +351,7 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
     pool = ThreadPoolExecutor(1, thread_name_prefix="crewnode-prefetch") if prefetch else None
     try:
         opening = run(offer, peer_member)
-        reply_meta, entries = ask(opening)
+        reply_meta, entries = ask({**opening, "limit": FIRST_BATCH})
         for _ in range(MAX_ROUNDS):
             want = check_vectors(reply_meta.get("want", {}))
             want_heads = check_heads(reply_meta.get("want_heads"))
