@@ -93,6 +93,10 @@ class Agreement:
         base = Version(entry.hash, op["title"], op.get("text", ""), op.get("review_by"), author, entry.at)
         return {entry.hash: base, **self.revisions}
 
+    def has_version(self, version: str) -> bool:
+        """`version in self.versions`, without building every version."""
+        return version in self.revisions or version == self.first[1].hash
+
     @property
     def current(self) -> Version:
         return max(self.versions.values(), key=lambda v: (v.at, v.hash))

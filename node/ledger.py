@@ -72,6 +72,7 @@ class Ledger:
         self.heads: dict[tuple, tuple] = store.heads()   # (doc, device) -> (seq, hash) of the kept branch
         self._since_snapshot: dict[str, int] = {}
         self._facts_at: dict[str, int] = {}               # doc -> its entry count when its facts were saved
+        self._facts_due: set[str] = set()                # docs whose facts wait for a quiet moment
         self._batch: dict[tuple, list] = {}              # (doc, device, seq) -> hashes held in this batch
         self._held: set[str] = set()                     # candidates of this batch held already
         self._load()
@@ -337,7 +338,7 @@ class Ledger:
         due = [doc for doc, count in self._since_snapshot.items() if count >= SNAPSHOT_EVERY]
         # Each new row takes the next rowid: the snapshots are as of this batch's last row.
         upto = self.store.max_rowid() + len(rows) if due else 0
-        snaps = [self._snapshot_row(doc, upto, full=False) for doc in due]
+        snaps = [self._snapshot_row(doc, upto, facts="due" if durable else "later") for doc in due]
 
         def write_rest(store) -> None:
             store.add_pending(newly_waiting)
@@ -411,29 +412,42 @@ class Ledger:
         self.heads.update(branch_heads([genesis, *kept]))
         return state
 
-    def snapshot(self) -> None:
-        """Save a snapshot of every document (content and facts), so the next start skips replay."""
+    def snapshot(self, docs=None) -> None:
+        """Save a snapshot of every document (or of `docs`), content and facts, so the next
+        start skips replay."""
         upto = self.store.max_rowid()
-        snaps = [self._snapshot_row(doc, upto, full=True) for doc in list(self.states)]
+        snaps = [self._snapshot_row(doc, upto, facts="now") for doc in (self.states if docs is None else docs)]
         with self.store.atomic():
             for snap in snaps:
                 self.store.save_snapshot(*snap)
 
-    def _snapshot_row(self, doc: str, upto: int, full: bool) -> tuple:
+    def save_facts_due(self) -> None:
+        """Save the facts of documents whose facts came due while entries were arriving."""
+        due, self._facts_due = [d for d in self._facts_due if d in self.states], set()
+        if due:
+            self.snapshot(due)
+
+    def _snapshot_row(self, doc: str, upto: int, facts: str) -> tuple:
         """(doc, upto, content, facts or None): a document's snapshot as of rowid `upto`.
 
         Every SNAPSHOT_EVERY entries a document saves its pycrdt content, and its facts only
         when it has doubled since they were last saved, so that saving them costs little in
-        all (they are much bigger); at a clean stop (`full`), its facts too.
+        all (they are much bigger). `facts`: "now" (a clean stop), "due" (when doubled), or
+        "later": when doubled, noted for `save_facts_due`, so a sync under way does not wait
+        for them.
         """
         state = self.states[doc]
-        facts = None
+        blob = None
         last = self._facts_at.get(doc, 0)
-        if full or state.count - last >= max(SNAPSHOT_EVERY, last):
-            facts = snapshots.dump_facts(state, upto)
-            self._facts_at[doc] = state.count
+        if facts == "now" or state.count - last >= max(SNAPSHOT_EVERY, last):
+            if facts == "later":
+                self._facts_due.add(doc)
+            else:
+                blob = snapshots.dump_facts(state, upto)
+                self._facts_at[doc] = state.count
+                self._facts_due.discard(doc)
         self._since_snapshot[doc] = 0
-        return doc, upto, state.ydoc.get_update(), facts
+        return doc, upto, state.ydoc.get_update(), blob
 
 
 def waits_on_void(state: DocState, entry, author: str) -> bool:

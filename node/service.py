@@ -79,6 +79,10 @@ class Service:
         self.ledger.snapshot()
         self.store.close()
 
+    def idle(self) -> None:
+        """Work that waits for a quiet moment (worker.NodeThread calls it): facts snapshots."""
+        self.ledger.save_facts_due()
+
     def changed(self, entries) -> None:
         """Tell listeners (live page, sync push) that entries were accepted, and carry out any
         removal that has just been agreed."""

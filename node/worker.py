@@ -1,9 +1,13 @@
 """Runs a Service on one thread of its own, so the SQLite connection and the pycrdt documents
 never cross threads (pycrdt's Rust objects are unsendable), while Flask and the sync listener
 call in from many threads."""
+import logging
 import queue
 import threading
 from concurrent.futures import Future
+
+log = logging.getLogger(__name__)
+IDLE_S = 1.0            # a node is quiet when no call came for this long: then it does idle work
 
 
 class NodeThread:
@@ -22,8 +26,16 @@ class NodeThread:
 
     def _run(self) -> None:
         service = None
+        quiet = True                              # idle work done since the last job
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=None if quiet else IDLE_S)
+            except queue.Empty:
+                quiet = True
+                if service is not None:
+                    self._idle(service)
+                continue
+            quiet = False
             if job is None:
                 return
             fn, future = job
@@ -40,6 +52,13 @@ class NodeThread:
                 # A panic is a BaseException; as such it would escape the request's error
                 # handling and leave the caller with no answer at all.
                 future.set_exception(RuntimeError(f"internal error: {exc!r}"))
+
+    @staticmethod
+    def _idle(service) -> None:
+        try:
+            service.idle()
+        except Exception:                         # noqa: BLE001 - idle work must never stop the node
+            log.exception("idle work failed")
 
     def call(self, fn, *args, **kwargs):
         """Run `fn(service, *args, **kwargs)` on the node thread and return its result."""
