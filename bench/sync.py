@@ -12,12 +12,15 @@
    like the founder, a member of the congregation and of every crew, so it may receive all N
    entries), each with
    `crewnode serve` on loopback, and times `POST /api/sync` on the empty node: a full sync
-   over HTTPS (TLS 1.3, mutual authentication), then no-op syncs (nothing new; median of 7).
+   over HTTPS (TLS 1.3, mutual authentication; median of --runs, each into a new empty home),
+   then no-op syncs (nothing new; median of 7).
 3. Stops the founder's node and times its start-up: from launching `crewnode serve` on that
    home until /api/health answers (median of 3), and reports resident memory (the largest of
    the receiving node after the full sync and the restarted node).
 4. Baseline, in the same run: the same pycrdt updates (every entry that carries one, in the
-   order they were synced), each applied one by one to a bare pycrdt Doc per document, in memory.
+   order they were synced), each applied one by one to a bare pycrdt Doc per document, in
+   memory (median of 5). Medians, because this machine's speed varies by tens of percent
+   from one second to the next.
 
 The last line printed is one JSON object:
     {"entries", "full_sync_s", "entries_per_s", "replay_baseline_s", "ratio_vs_replay",
@@ -314,6 +317,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--runs", type=int, default=3, help="full syncs, each into a new empty home (median reported)")
     args = parser.parse_args()
     if args.entries < MEMBERS * 2 + CREWS + 1:
         parser.error(f"--entries must be at least {MEMBERS * 2 + CREWS + 1}: the admissions alone take that many")
@@ -325,28 +329,38 @@ def main() -> int:
         writers, entries, summary = build_history(args.entries, rng)
         log(f"built {len(entries)} entries by {MEMBERS} members ({len(summary['crews'])} crews, "
             f"{summary['with_pycrdt_update']} carry a pycrdt update) in {time.perf_counter() - started:.1f} s")
-        full_home, empty_home = work / "founder", work / "member"
+        full_home = work / "founder"
         started = time.perf_counter()
         fill_home(full_home, writers[0], entries)
         log(f"ingested them into the founder's home in {time.perf_counter() - started:.1f} s")
-        writers[1].identity.save(empty_home)
 
         full = Served(full_home)
         servers.append(full)
-        empty = Served(empty_home)
-        servers.append(empty)
-        cpu_before = full.cpu_s(), empty.cpu_s()
-        started = time.perf_counter()
-        answer = empty.api("POST", "/api/sync", {"address": full.sync_address})
-        full_sync_s = time.perf_counter() - started
-        cpu_serving, cpu_receiving = full.cpu_s() - cpu_before[0], empty.cpu_s() - cpu_before[1]
-        if answer["received"] != len(entries):
-            raise SystemExit(f"full sync received {answer['received']} entries, not {len(entries)}")
-        rss_after_sync = empty.rss_mb()
-        log(f"full sync: {answer['received']} entries in {full_sync_s:.2f} s "
-            f"({answer['received'] / full_sync_s:,.0f}/s), receiving node rss {rss_after_sync:.0f} MB; "
-            f"CPU used meanwhile: receiving node {cpu_receiving:.2f} s, serving node {cpu_serving:.2f} s; "
-            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        # Each full sync goes into a new empty home of the same member; the median of the runs
+        # is reported (this machine's speed varies by tens of percent from one second to the next).
+        syncs, rss_after_sync = [], 0.0
+        for run in range(args.runs):
+            empty_home = work / f"member-{run}"
+            writers[1].identity.save(empty_home)
+            empty = Served(empty_home)
+            servers.append(empty)
+            cpu_before = full.cpu_s(), empty.cpu_s()
+            started = time.perf_counter()
+            answer = empty.api("POST", "/api/sync", {"address": full.sync_address})
+            took = time.perf_counter() - started
+            cpu_serving, cpu_receiving = full.cpu_s() - cpu_before[0], empty.cpu_s() - cpu_before[1]
+            if answer["received"] != len(entries):
+                raise SystemExit(f"full sync received {answer['received']} entries, not {len(entries)}")
+            syncs.append(took)
+            rss_after_sync = max(rss_after_sync, empty.rss_mb())
+            log(f"full sync {run + 1}: {answer['received']} entries in {took:.2f} s "
+                f"({answer['received'] / took:,.0f}/s), receiving node rss {empty.rss_mb():.0f} MB; "
+                f"CPU used meanwhile: receiving node {cpu_receiving:.2f} s, serving node {cpu_serving:.2f} s; "
+                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            if run + 1 < args.runs:
+                empty.stop()
+                servers.remove(empty)
+        full_sync_s = statistics.median(syncs)
 
         noop = []
         for _ in range(7):
@@ -371,9 +385,11 @@ def main() -> int:
         log(f"start-up with {len(entries)} entries: median {startup_s:.2f} s "
             f"(of {', '.join(f'{t:.2f}' for t in startups)} s), rss {rss_started:.0f} MB")
 
-        baseline_s, updates = replay_baseline(entries)
-        log(f"baseline: {updates} pycrdt updates applied one by one to bare Docs in {baseline_s:.3f} s "
-            f"({updates / baseline_s:,.0f}/s); {len(entries) - updates} entries carry no update")
+        replays = [replay_baseline(entries) for _ in range(5)]
+        baseline_s, updates = statistics.median(t for t, _ in replays), replays[0][1]
+        log(f"baseline: {updates} pycrdt updates applied one by one to bare Docs in {baseline_s:.3f} s, median of "
+            f"{', '.join(f'{t:.3f}' for t, _ in replays)} s ({updates / baseline_s:,.0f}/s); "
+            f"{len(entries) - updates} entries carry no update")
         result = {
             "entries": len(entries),
             "full_sync_s": round(full_sync_s, 3),
