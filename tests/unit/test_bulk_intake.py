@@ -1,0 +1,149 @@
+"""Taking in big batches: the store's writer thread, WAL checkpoints and facts snapshots left
+for quiet moments, the exchange's batch limit, and entry times that follow what was read.
+
+Real Services on real SQLite files; conditions are waited for with a deadline.
+"""
+import os
+import sqlite3
+import time
+
+import pytest
+from pycrdt import Doc, Map
+
+from factories import Member, admit, service
+from node.ids import now_ms
+from node.ledger import SNAPSHOT_EVERY
+from node.service import CLOCK_SKEW_MS
+from node.store import Store
+from node.worker import NodeThread
+from sync import protocol
+
+WAIT = 15
+
+
+def wait_for(condition, what: str):
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def content_edits(member: Member, doc: str, n: int) -> list:
+    """n entries of `member` in `doc`, each a real pycrdt edit of the shared content."""
+    ydoc = Doc()
+    meta = ydoc.get("meta", type=Map)
+    out = []
+    for i in range(n):
+        before = ydoc.get_state()
+        with ydoc.transaction():
+            meta[f"note-{member.name}"] = f"edit {i} " + "x" * 40
+        out.append(member.write(doc, {"t": "meta"}, ydoc.get_update(before)))
+    return out
+
+
+@pytest.fixture
+def ada(tmp_path):
+    svc = service(tmp_path, "Ada")
+    yield svc
+    svc.close()
+
+
+def test_received_entries_are_readable_at_once_though_written_behind(ada):
+    cid = ada.create_congregation("Riverside", "")["id"]
+    mo = Member("Mo")
+    admit(ada, cid, mo.id, "Mo")
+    entries = content_edits(mo, cid, 50)
+    result = ada.ledger.ingest([e.raw for e in entries])
+    assert len(result.accepted) == 50
+    # The rows may still be on their way on the writer thread: any use of the store waits.
+    assert ada.store.held_among([e.hash for e in entries]) == {e.hash for e in entries}
+    assert ada.store.vector(cid)[mo.identity.device_id] == 50
+
+
+def test_a_failed_write_behind_is_reported_at_the_next_use_of_the_store(tmp_path):
+    store = Store(tmp_path / "crewnode.db")
+    try:
+        def broken(_store):
+            raise RuntimeError("disk on fire")
+        store.write_behind([], broken)
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            store.max_rowid()
+        assert store.max_rowid() == 0                 # reported once; the store goes on
+    finally:
+        store.close()
+
+
+def test_the_wal_is_copied_into_the_database_once_writes_pause(tmp_path):
+    path = tmp_path / "crewnode.db"
+    store = Store(path)
+    try:
+        before = os.path.getsize(path)
+        rows = [(f"{i:064x}", "d" * 64, "v" * 52, i + 1, "a" * 52, i, "meta", os.urandom(1000), "accepted", None)
+                for i in range(6000)]                 # about 6 MB: past the checkpoint threshold
+        with store.atomic():
+            store.insert_entries(rows)
+        assert os.path.getsize(path) == before, "nothing is checkpointed inside the commit"
+        wait_for(lambda: os.path.getsize(path) > 5_000_000, "the checkpoint after writes paused")
+    finally:
+        store.close()
+
+
+def test_facts_due_during_a_sync_are_saved_when_the_node_is_quiet(tmp_path):
+    node = NodeThread(lambda: service(tmp_path, "Ada"))
+    try:
+        cid = node.call(lambda s: s.create_congregation("Riverside", "")["id"])
+        mo = Member("Mo")
+        node.call(lambda s: admit(s, cid, mo.id, "Mo"))
+        raws = [e.raw for e in content_edits(mo, cid, SNAPSHOT_EVERY + 10)]
+        db = tmp_path / "Ada" / "crewnode.db"
+
+        def facts_saved() -> bool:
+            # Read beside the node: asking the node itself would keep it from ever being quiet.
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                row = conn.execute("SELECT length(facts) FROM snapshots WHERE doc = ?", [cid]).fetchone()
+            return bool(row and row[0])
+
+        assert not facts_saved()
+        facts_then = node.call(lambda s: (protocol.take_entries(s, raws), s.store.snapshot_facts(cid))[1])
+        assert facts_then is None, "not while entries are being taken in"
+        wait_for(facts_saved, "the facts snapshot at a quiet moment")
+    finally:
+        node.stop()
+
+
+def test_an_exchange_answers_at_most_the_limit_asked_and_refuses_a_bad_one(ada):
+    cid = ada.create_congregation("Riverside", "")["id"]
+    bea = service(ada.home.parent, "Bea")
+    try:
+        admit(ada, cid, bea.me, "Bea")
+        for i in range(5):
+            ada.propose(cid, f"Idea {i}", "")
+        meta, entries = protocol.unpack(protocol.serve(ada, bea.me, "exchange", protocol.pack({"have": {}, "limit": 3})))
+        assert len(entries) == 3 and meta["more"] is True
+        for bad in (0, -1, "3", 2.5, True):
+            with pytest.raises(protocol.ProtocolError, match="limit"):
+                protocol.serve(ada, bea.me, "exchange", protocol.pack({"have": {}, "limit": bad}))
+    finally:
+        bea.close()
+
+
+def test_what_a_member_writes_comes_after_what_they_have_read(ada):
+    cid = ada.create_congregation("Riverside", "")["id"]
+    mo = Member("Mo")
+    admit(ada, cid, mo.id, "Mo")
+    ahead = now_ms() + 60_000                         # Mo's clock runs a minute ahead
+    ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}, at=ahead).raw])
+    ada.propose(cid, "After Mo", "")
+    mine = [e for _, _, e, _, _ in ada.store.held_entries(cid) if e.op.get("title") == "After Mo"]
+    assert mine and mine[0].at == ahead + 1
+
+
+def test_a_clock_far_ahead_does_not_drag_others_along(ada):
+    cid = ada.create_congregation("Riverside", "")["id"]
+    mo = Member("Mo")
+    admit(ada, cid, mo.id, "Mo")
+    far = now_ms() + CLOCK_SKEW_MS + 3_600_000        # an hour past the skew allowed
+    ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}, at=far).raw])
+    ada.propose(cid, "Now", "")
+    mine = [e for _, _, e, _, _ in ada.store.held_entries(cid) if e.op.get("title") == "Now"]
+    assert mine and mine[0].at < far and abs(mine[0].at - now_ms()) < 60_000
