@@ -303,6 +303,7 @@ def receive_push(service, peer_member: str, meta: dict, entries) -> bytes:
         raise ProtocolError("docs must be a list of document ids")
     allowed = {d for d in docs if isinstance(d, str)}
     result = take_entries(service, entries, allowed)
+    service.store.catch_up()            # the answer says what is stored: stored it is, not on its way
     want = summary(service, sorted(allowed))
     return pack({"accepted": len(result.accepted) + result.void, "pending": result.pending,
                  "known": result.known, "refused": [reason for _, reason in result.refused][:20],
