@@ -23,6 +23,13 @@ from .wal import Checkpointer
 
 log = logging.getLogger(__name__)
 ENTRY_COLUMNS = ("hash", "doc", "device", "seq", "author", "at", "kind", "raw", "status", "reason")
+# Store.write_behind's rows: JSON arrays of the columns, with the raw entry's start and length in
+# :blob in its place (items 7 and 8); inserted in the arrays' order, so rowids follow it.
+_INSERT_FROM_JSON = (
+    f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(7))
+    + ", substr(:blob, json_extract(value, '$[7]'), json_extract(value, '$[8]'))"
+    + ", json_extract(value, '$[9]'), json_extract(value, '$[10]') FROM json_each(:fields) ORDER BY key")
 
 
 class Store:
@@ -102,14 +109,9 @@ class Store:
         self._writer_thread = threading.current_thread()
 
     def _write_rows(self, fields: bytes, blob: bytes, then) -> None:
-        columns = ", ".join(ENTRY_COLUMNS)
-        values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(7)) + \
-            ", substr(:blob, json_extract(value, '$[7]'), json_extract(value, '$[8]'))" + \
-            ", json_extract(value, '$[9]'), json_extract(value, '$[10]')"
         try:
             with self.atomic(durable=False):
-                self._db.conn.execute(f"INSERT OR IGNORE INTO entries ({columns}) SELECT {values}"
-                                      " FROM json_each(:fields) ORDER BY key", {"fields": fields.decode(), "blob": blob})
+                self._db.conn.execute(_INSERT_FROM_JSON, {"fields": fields.decode(), "blob": blob})
                 if then is not None:
                     then(self)
         except Exception:

@@ -149,7 +149,7 @@ class SyncEngine:
             if name == "pair":                           # a second device of my member (issue 7)
                 return 200, pack(self.node.call(carry.answer_pairing, peer.device_key, unpack(body)[0]))
             if name == "push":                           # checked here: the node's thread only takes them in
-                body = protocol.read_request(body)
+                body = protocol.read_message(body)
             status, reply, started, shares = self.node.call(self._serve, peer.member_id, b32(peer.device_key),
                                                             name, body)
             if self.autosync is not None and name == "exchange" and not _more(reply):

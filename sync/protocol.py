@@ -310,16 +310,17 @@ def receive_push(service, peer_member: str, meta: dict, entries) -> bytes:
                  "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"]})
 
 
-def read_request(body: bytes) -> tuple[dict, CheckedBatch]:
-    """Split a request and check the entries it carries (entries.check_batch). Needs no node:
-    the listener's thread does it, and the node's thread gets entries ready to take in."""
+def read_message(body: bytes) -> tuple[dict, CheckedBatch]:
+    """Split a message and check the entries it carries (entries.check_batch). Needs no node:
+    the listener's or the sync client's thread does it, and the node's thread gets entries
+    ready to take in."""
     meta, entries = unpack(body)
     return meta, check_batch(entries)
 
 
 def serve(service, peer_member: str, name: str, body) -> bytes:
     """Answer one protocol call of an authenticated peer (on the node thread); `body` is the
-    request's bytes, or what read_request made of them."""
+    request's bytes, or what read_message made of them."""
     meta, entries = body if isinstance(body, tuple) else unpack(body)
     if name == "exchange":
         return answer_exchange(service, peer_member, meta)
@@ -347,7 +348,7 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
 
     def ask(opening: dict) -> tuple[dict, CheckedBatch]:
         # Off the node's thread: the entries come back decoded and signature-checked.
-        return read_request(remote("exchange", pack(opening)))
+        return read_message(remote("exchange", pack(opening)))
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="crewnode-prefetch") if prefetch else None
     try:

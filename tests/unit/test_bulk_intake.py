@@ -5,7 +5,6 @@ Real Services on real SQLite files; conditions are waited for with a deadline.
 """
 import os
 import sqlite3
-import time
 
 import pytest
 from pycrdt import Doc, Map
@@ -16,16 +15,10 @@ from node.ledger import SNAPSHOT_EVERY
 from node.service import CLOCK_SKEW_MS
 from node.store import Store
 from node.worker import NodeThread
+from support import wait_for
 from sync import protocol
 
 WAIT = 15
-
-
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def content_edits(member: Member, doc: str, n: int) -> list:
@@ -83,7 +76,7 @@ def test_the_wal_is_copied_into_the_database_once_writes_pause(tmp_path):
         with store.atomic():
             store.insert_entries(rows)
         assert os.path.getsize(path) == before, "nothing is checkpointed inside the commit"
-        wait_for(lambda: os.path.getsize(path) > 5_000_000, "the checkpoint after writes paused")
+        wait_for(lambda: os.path.getsize(path) > 5_000_000, timeout=WAIT, message="no checkpoint after writes paused")
     finally:
         store.close()
 
@@ -106,7 +99,7 @@ def test_facts_due_during_a_sync_are_saved_when_the_node_is_quiet(tmp_path):
         assert not facts_saved()
         facts_then = node.call(lambda s: (protocol.take_entries(s, raws), s.store.snapshot_facts(cid))[1])
         assert facts_then is None, "not while entries are being taken in"
-        wait_for(facts_saved, "the facts snapshot at a quiet moment")
+        wait_for(facts_saved, timeout=WAIT, message="no facts snapshot at a quiet moment")
     finally:
         node.stop()
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, event, given, settings
@@ -44,6 +43,7 @@ from node.errors import NodeError
 from node.ids import now_ms
 from node.service import Service
 from factories import exchange, sync_until_quiet
+from support import wait_for
 
 RAM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 EXAMPLES = int(os.environ.get("CREWNODE_MEMBERSHIP_EXAMPLES", 50))
@@ -99,10 +99,7 @@ def wait_past(node: Service, doc: str) -> None:
     """Wait until the wall clock passes the latest entry `node` holds in `doc`: what another
     node writes next, not knowing of it, then comes after it in time (in-process nodes act
     within the same millisecond, and a tie in time is settled by hash, either way)."""
-    deadline = time.monotonic() + 5
-    while now_ms() <= node.states[doc].latest_at:
-        assert time.monotonic() < deadline, "the clock did not move"
-        time.sleep(0.001)
+    wait_for(lambda: now_ms() > node.states[doc].latest_at, timeout=5, interval=0.001, message="the clock did not move")
 
 
 def status_in(node: Service, doc: str, member: str) -> str | None:
@@ -493,7 +490,6 @@ def test_a_cut_that_would_undo_its_own_grounds_is_void(tmp_path):
     counts, the readmission does not, so X's consent does not, so the cut does not... The
     recompute must not go round for ever nor end half-way: the latest event of the circle (the
     cut) is void, the same on every node whatever the order."""
-    import time
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from factories import Member, admit
     from node.identity import raw_public
@@ -514,7 +510,7 @@ def test_a_cut_that_would_undo_its_own_grounds_is_void(tmp_path):
                             "proof": b32(key.sign(invite_message(key_id, x.id))),
                             "resume": {x.identity.device_id: 1}})
     founder.ledger.ingest([leave.raw, invite.raw, readmit.raw])
-    time.sleep(0.002)
+    wait_past(founder, cid)
     removal = founder.propose_removal(cid, y.id, "hostile")
     founder.respond(removal["id"], "consent")
     answer = {"t": "respond", "agreement": removal["id"], "version": removal["version"], "response": "consent",
