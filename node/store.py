@@ -6,7 +6,6 @@ thread waits for it (see `write_behind`). Writes are grouped into one transactio
 so an entry is on disk before anyone is told it was written (entries received from peers,
 which the peers still hold, are committed without an fsync of their own: see atomic).
 """
-import itertools
 import json
 import logging
 import sqlite3
@@ -15,21 +14,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import orjson
 import sqlite_utils
 
+from . import packed_rows
 from .entries import decode_entry
 from .wal import Checkpointer
 
 log = logging.getLogger(__name__)
 ENTRY_COLUMNS = ("hash", "doc", "device", "seq", "author", "at", "kind", "raw", "status", "reason")
-# Store.write_behind's rows: JSON arrays of the columns, with the raw entry's start and length in
-# :blob in its place (items 7 and 8); inserted in the arrays' order, so rowids follow it.
-_INSERT_FROM_JSON = (
-    f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(7))
-    + ", substr(:blob, json_extract(value, '$[7]'), json_extract(value, '$[8]'))"
-    + ", json_extract(value, '$[9]'), json_extract(value, '$[10]') FROM json_each(:fields) ORDER BY key")
+_INSERT_PACKED = packed_rows.insert_sql("entries", ENTRY_COLUMNS)
 
 
 class Store:
@@ -90,28 +83,22 @@ class Store:
         (not durable, as `atomic(False)`) made by a writer thread while the caller goes on; the
         next use of the store waits for it.
 
-        For received batches. The rows travel as one JSON text (every column but the raw
-        entry, which is given by its place in one joined blob) into a single INSERT ... SELECT:
-        one SQLite call that parses them and updates the indexes with the GIL released, while
-        the node's thread checks the next batch. (Rows bound one by one would hold the GIL for
-        each, and a writer thread would wait for it after every row.)
+        For received batches: the rows travel packed (node.packed_rows) into a single INSERT,
+        which SQLite runs with the GIL released while the node's thread takes in the next batch.
         """
-        starts = list(itertools.accumulate((len(row[7]) for row in rows), initial=1))
-        fields = orjson.dumps([row[:7] + (starts[i], starts[i + 1] - starts[i]) + row[8:]
-                               for i, row in enumerate(rows)])
-        blob = b"".join([row[7] for row in rows])
+        packed = packed_rows.pack_rows(rows)
         self.catch_up()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="crewnode-store", initializer=self._be_writer)
-        self._behind = self._writer.submit(self._write_rows, fields, blob, then)
+        self._behind = self._writer.submit(self._write_rows, packed, then)
 
     def _be_writer(self) -> None:
         self._writer_thread = threading.current_thread()
 
-    def _write_rows(self, fields: bytes, blob: bytes, then) -> None:
+    def _write_rows(self, packed: dict, then) -> None:
         try:
             with self.atomic(durable=False):
-                self._db.conn.execute(_INSERT_FROM_JSON, {"fields": fields.decode(), "blob": blob})
+                self._db.conn.execute(_INSERT_PACKED, packed)
                 if then is not None:
                     then(self)
         except Exception:
@@ -347,9 +334,9 @@ class Store:
             out.extend(r[0] for r in self.db.execute("SELECT raw FROM pending WHERE doc = ?", [doc]))
         return out
 
-    def pending_docs(self) -> list[str]:
-        """Documents whose first entry is waiting."""
-        return [r[0] for r in self.db.execute("SELECT doc FROM pending WHERE hash = doc")]
+    def pending_index(self) -> dict[str, str]:
+        """hash -> document of every waiting entry."""
+        return dict(self.db.execute("SELECT hash, doc FROM pending").fetchall())
 
     def pending_count(self) -> int:
         """How many entries wait."""

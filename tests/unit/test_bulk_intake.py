@@ -11,6 +11,7 @@ from pycrdt import Doc, Map
 
 from factories import Member, admit, service
 from node.ids import now_ms
+from node.entries import MAX_NUMBER
 from node.ledger import SNAPSHOT_EVERY
 from node.service import CLOCK_SKEW_MS
 from node.store import Store
@@ -51,6 +52,41 @@ def test_received_entries_are_readable_at_once_though_written_behind(ada):
     # The rows may still be on their way on the writer thread: any use of the store waits.
     assert ada.store.held_among([e.hash for e in entries]) == {e.hash for e in entries}
     assert ada.store.vector(cid)[mo.identity.device_id] == 50
+
+
+def test_rows_written_behind_are_stored_exactly_as_given(tmp_path):
+    # The packed layout (node.packed_rows) against the plain INSERT: every column, texts that
+    # are not ASCII, a void row with its reason, ids of other lengths, the largest numbers.
+    rows = [(f"{i:064x}", "d" * 64, "dev" + "v" * (i % 40), i + 1, "A" * 52, 1_700_000_000_000 + i,
+             ["meta", "propose", "réponse", ""][i % 4], os.urandom(i % 300 + 72),
+             "void" if i % 7 == 0 else "accepted", f"forked log: ünï {i}" if i % 7 == 0 else None)
+            for i in range(500)]
+    rows.append(("f" * 64, "e" * 64, "x", MAX_NUMBER, "y" * 64, MAX_NUMBER, "meta", b"\0" * 80, "accepted", None))
+    behind, plain = Store(tmp_path / "behind.db"), Store(tmp_path / "plain.db")
+    try:
+        behind.write_behind(rows)
+        with plain.atomic():
+            plain.insert_entries(rows)
+        read = "SELECT rowid, * FROM entries ORDER BY rowid"
+        stored = behind.db.execute(read).fetchall()
+        assert stored == plain.db.execute(read).fetchall()
+        assert [r[1:] for r in stored] == rows
+    finally:
+        behind.close()
+        plain.close()
+
+
+def test_a_row_that_does_not_fit_the_packed_layout_is_refused_before_anything_is_written(tmp_path):
+    store = Store(tmp_path / "crewnode.db")
+    try:
+        row = ("a" * 64, "d" * 64, "v" * 52, 1, "a" * 52, 1, "meta", b"x" * 80, "accepted", None)
+        for bad in ({3: MAX_NUMBER + 1}, {5: -1}, {2: "v" * 65}, {4: "has space"}, {0: "a" * 63}, {0: "é" * 64}):
+            with pytest.raises(ValueError):
+                store.write_behind([tuple(bad.get(i, v) for i, v in enumerate(row))])
+        store.write_behind([])
+        assert store.max_rowid() == 0
+    finally:
+        store.close()
 
 
 def test_a_failed_write_behind_is_reported_at_the_next_use_of_the_store(tmp_path):
