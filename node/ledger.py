@@ -13,9 +13,10 @@ every held entry by a fixed procedure, the same on every node whatever order ent
 """
 import functools
 import gc
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 
 from . import snapshots
 from .docstate import DocState, membership_event, order_key
@@ -28,6 +29,9 @@ FORKED = "forked log: another entry of this device at the same seq was kept"
 DEPENDS = "it depends on an entry that does not count"
 PARADOX = "it would make an earlier leaving, removal or readmission not count, and with it the grounds it rests on"
 MEMBERSHIP_OPS = {"leave", "cut", "retire_device"}
+_TIME_ORDER = attrgetter("at", "seq")
+_IS_GENESIS = attrgetter("is_genesis")
+_DOC_OF_ROW = itemgetter(1)
 
 
 def _without_cyclic_gc(method):
@@ -75,6 +79,10 @@ class Ledger:
         self._facts_due: set[str] = set()                # docs whose facts wait for a quiet moment
         self._batch: dict[tuple, list] = {}              # (doc, device, seq) -> hashes held in this batch
         self._held: set[str] = set()                     # candidates of this batch held already
+        # hash -> document of the entries waiting in `pending`, kept here as well: a batch asks
+        # the store for waiting entries only when there are some, so taking in a batch need not
+        # wait for the previous one to be written (Store.write_behind).
+        self._waiting: dict[str, str] = store.pending_index()
         self._load()
 
     def _load(self) -> None:
@@ -138,11 +146,12 @@ class Ledger:
         # Documents whose first entry waits (a crew waiting for its founder's admission) are
         # retried with every batch: what unlocks them lives in another document.
         docs = {e.doc for e in fresh.values()} | set(retry_docs) | \
-            {d for d in self.store.pending_docs() if d not in self.states}
+            {d for h, d in self._waiting.items() if h == d and d not in self.states}
         # Every waiting entry of these documents, one that has just arrived again included: it
         # must count as waiting, so that its row goes once it is accepted or refused.
         waiting = {}
-        for raw in self.store.pending_raw(docs):
+        waiting_docs = set(self._waiting.values()) & docs
+        for raw in self.store.pending_raw(waiting_docs) if waiting_docs else ():
             entry = decode_entry(raw)
             waiting[entry.hash] = entry
         candidates = {**waiting, **fresh}
@@ -152,7 +161,8 @@ class Ledger:
             for doc in docs:
                 if doc in self.states:
                     transactions.enter_context(self.states[doc].ydoc.transaction())
-            decided, reasons, recompute = self._settle(candidates, result)
+            # (Fresh entries are not held: only the waiting ones may have been meanwhile.)
+            decided, reasons, recompute = self._settle(candidates, result, held=self._held_among(waiting.values()))
         result.pending = sum(1 for h in reasons if h in fresh)
         # Received entries are still held by whoever sent them: no fsync of their own (Store.atomic).
         self._commit(decided, reasons, candidates, set(waiting), durable=False)
@@ -171,25 +181,35 @@ class Ledger:
         self._commit(decided, {}, {}, set())
         for doc in recompute:
             self.recompute(doc)
-        if self.store.pending_raw([entry.doc]):          # some may have waited for this one (an admission)
+        if entry.doc in self._waiting.values():          # some may have waited for this one (an admission)
             self.ingest([], retry_docs=[entry.doc])
 
-    def _settle(self, candidates: dict, result: IngestResult, strict: bool = False):
+    def _settle(self, candidates: dict, result: IngestResult, strict: bool = False, held: set | None = None):
         """Decide what can be decided, repeating while each decision unlocks more.
 
         Returns ([(entry, author, void reason or None)], {hash: why still waiting}, docs to recompute).
+        `held`: which candidates are held already, when the caller knows.
         """
-        remaining = sorted(candidates.values(), key=lambda e: (not e.is_genesis, e.at, e.seq))
+        # In time order, first entries of documents first (stable sorts: C key functions, no lambda).
+        remaining = sorted(candidates.values(), key=_TIME_ORDER)
+        remaining.sort(key=_IS_GENESIS, reverse=True)
         decided: list[tuple] = []
         reasons: dict[str, str] = {}
         recompute: set[str] = set()
         self._batch = {}
-        self._held = self._held_among(candidates.values())
+        self._held = self._held_among(candidates.values()) if held is None else held
         progress = True
         while remaining and progress:
             progress = False
             still = []
             for entry in remaining:
+                if entry.cert is None and entry.op["t"] == "meta":
+                    author = self._take_content(entry)
+                    if author is not None:
+                        decided.append((entry, author, None))
+                        reasons.pop(entry.hash, None)
+                        progress = True
+                        continue
                 try:
                     author, why, again = self._decide(entry)
                 except Pending as exc:
@@ -219,6 +239,26 @@ class Ledger:
             remaining = still
         self._batch, self._held = {}, set()
         return decided, {e.hash: reasons[e.hash] for e in remaining}, recompute
+
+    def _take_content(self, entry) -> str | None:
+        """Hold at once an entry that needs no deciding, and return its author: shared content
+        only, the next entry of its device's kept branch, by a member, in a document with no
+        exits or void entries in play (as `_decide` would, for most entries of a long history,
+        at a fraction of the cost). None: decide it the long way."""
+        state = self.states.get(entry.doc)
+        key = (entry.doc, entry.device)
+        head = self.heads.get(key)
+        if state is None or head is None or entry.seq != head[0] + 1 or entry.prev != head[1] \
+                or state.effective_exits or state.void_ids or entry.hash in self._held:
+            return None
+        author = self.devices.get(entry.device)
+        if author is None or author not in state.members:
+            return None
+        self._batch.setdefault((entry.doc, entry.device, entry.seq), []).append(entry.hash)
+        self._held.add(entry.hash)
+        self.heads[key] = (entry.seq, entry.hash)
+        state.apply(entry, author)
+        return author
 
     def _held_among(self, entries) -> set[str]:
         """Hashes of `entries` held here already. Only entries that may be are looked up: an
@@ -331,21 +371,28 @@ class Ledger:
         newly_waiting = [(h, candidates[h].doc, candidates[h].raw, reason, candidates[h].at)
                          for h, reason in reasons.items() if h not in was_pending]
         if newly_waiting:
-            newly_waiting = newly_waiting[:max(MAX_PENDING - self.store.pending_count(), 0)]
+            newly_waiting = newly_waiting[:max(MAX_PENDING - len(self._waiting), 0)]
         done = [h for h in was_pending if h not in reasons]
-        for entry, _, _ in decided:
-            self._since_snapshot[entry.doc] = self._since_snapshot.get(entry.doc, 0) + 1
+        self._waiting.update((row[0], row[1]) for row in newly_waiting)
+        for h in done:
+            del self._waiting[h]
+        for doc, count in Counter(map(_DOC_OF_ROW, rows)).items():
+            self._since_snapshot[doc] = self._since_snapshot.get(doc, 0) + count
         due = [doc for doc, count in self._since_snapshot.items() if count >= SNAPSHOT_EVERY]
-        # Each new row takes the next rowid: the snapshots are as of this batch's last row.
-        upto = self.store.max_rowid() + len(rows) if due else 0
+        # The snapshots are as of this batch's last row. Received batches learn its rowid on the
+        # writer thread, once the rows are in (`upto` None: facts are not saved with them).
+        upto = self.store.max_rowid() + len(rows) if due and durable else None
         snaps = [self._snapshot_row(doc, upto, facts="due" if durable else "later") for doc in due]
 
         def write_rest(store) -> None:
             store.add_pending(newly_waiting)
             store.drop_pending(done)
-            if snaps and store.max_rowid() == upto:      # else a row was held already: none now
-                for snap in snaps:
-                    store.save_snapshot(*snap)
+            last = store.max_rowid()
+            # (Every row up to the last one is in these states: rows are written only from here,
+            # and each batch's after the one before.)
+            if snaps and (upto is None or last == upto):  # else a row was held already: none now
+                for doc, _, content, facts in snaps:
+                    store.save_snapshot(doc, last, content, facts)
 
         if durable:
             with self.store.atomic():

@@ -98,9 +98,10 @@ def _next_cut(service) -> tuple[str, dict] | None:
             continue
         cut_agreements = _accepted_cuts(service, state)
         for agreement in list(state.agreements.values()):
-            subject = agreement.subject
-            if agreement.kind != "removal" or agreement.retired or agreement.id in cut_agreements:
+            # (retired and kind first: this runs after every batch received, over every agreement)
+            if agreement.retired or agreement.kind != "removal" or agreement.id in cut_agreements:
                 continue
+            subject = agreement.subject
             if subject == service.me or subject not in state.members or state.members[subject].status != "active":
                 continue
             evidence = removal_evidence(state, agreement)
