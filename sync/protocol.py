@@ -10,10 +10,12 @@ Functions taking `service` run on the node thread (worker.NodeThread.call).
 """
 import json
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 from node.entries import CheckedBatch, check_batch
 from node.ids import is_key_id
+
+from .readahead import ReadAhead, serial_batches
 
 MAX_ROUNDS = 10_000
 
@@ -336,49 +338,48 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
     the peer. Over HTTPS these are NodeThread.call and SyncClient.call; in a simulation, plain
     function calls, so many nodes can be driven in one process.
 
-    With `prefetch` (when `remote` may be called from another thread), the next batch is asked
-    for while this one is being taken in: the request carries the cursor of the batch in hand,
-    so the peer prepares and sends what follows it, and both ends work at once.
+    With `prefetch` (when `remote` may be called from another thread), batches are fetched and
+    checked ahead while the node takes in the one before (sync.readahead): each request
+    carries the cursor of the batch before it, so the peer sends what follows.
     """
     received = sent = 0
     want: dict = {}
     want_heads: dict = {}
     want_forks: dict | None = None
     after: dict = {}
+    asked = 0
 
-    def ask(opening: dict) -> tuple[dict, CheckedBatch]:
-        # Off the node's thread: the entries come back decoded and signature-checked.
-        return read_message(remote("exchange", pack(opening)))
+    def fetch(request: dict) -> tuple[dict, list[bytes]]:
+        nonlocal asked
+        asked += 1
+        return unpack(remote("exchange", pack(request)))
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="crewnode-prefetch") if prefetch else None
-    try:
+    def follow(request: dict, meta: dict) -> dict | None:
+        moved = check_after(meta.get("after"))
+        if not meta.get("more") or moved == request.get("after", {}) or asked >= MAX_ROUNDS:
+            return None                                 # the last batch, or the peer's cursor stalled
+        return {**opening, "after": moved}
+
+    for round_ in range(MAX_ROUNDS):
+        # Each round offers what I hold now; a round ends when the peer's cursor stops moving.
         opening = run(offer, peer_member)
-        reply_meta, entries = ask({**opening, "limit": FIRST_BATCH})
-        for _ in range(MAX_ROUNDS):
-            want = check_vectors(reply_meta.get("want", {}))
-            want_heads = check_heads(reply_meta.get("want_heads"))
-            want_forks = check_forks(reply_meta.get("want_forks"))
-            moved = check_after(reply_meta.get("after"))
-            more = bool(reply_meta.get("more"))
-            ahead = None
-            if pool is not None and more and moved != after:
-                ahead = pool.submit(ask, {**opening, "after": moved})
-            result = run(take_entries, entries)
-            received += len(result.accepted) + result.void
-            if not more:
-                break
-            if not (result.accepted or result.void) and moved == after:
-                break                                   # no progress: stop rather than ask again
-            after = moved
-            if ahead is not None:
-                reply_meta, entries = ahead.result()
-            else:
-                opening = run(offer, peer_member)
-                opening["after"] = after
-                reply_meta, entries = ask(opening)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if after:
+            opening["after"] = after
+        first = opening if round_ else {**opening, "limit": FIRST_BATCH}
+        batches = ReadAhead(fetch, first, follow) if prefetch else nullcontext(serial_batches(fetch, first, follow))
+        more = progress = False
+        with batches as stream:
+            for reply_meta, entries in stream:
+                want = check_vectors(reply_meta.get("want", {}))
+                want_heads = check_heads(reply_meta.get("want_heads"))
+                want_forks = check_forks(reply_meta.get("want_forks"))
+                after = check_after(reply_meta.get("after"))
+                more = bool(reply_meta.get("more"))
+                result = run(take_entries, entries)
+                received += len(result.accepted) + result.void
+                progress = bool(result.accepted or result.void)
+        if not (more and progress) or asked >= MAX_ROUNDS:
+            break                                       # all sent; or no progress: stop rather than ask again
     for _ in range(MAX_ROUNDS):
         entries, more = run(missing_for, peer_member, want, None, want_heads, want_forks)
         if not entries:
