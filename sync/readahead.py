@@ -1,17 +1,17 @@
 """The batches of one exchange, fetched and checked ahead of the node that takes them in.
 
-Three things can happen at once for a long history: the peer prepares and sends batch k+2,
-this side decodes and checks the signatures of batch k+1, and the node takes in batch k. A
-batch's header says where it ended (its cursor), so the next can be asked for as soon as a
-batch has arrived, before it is checked.
+Four things can happen at once for a long history: the peer prepares and sends batch k+3,
+this side decodes batch k+2 and checks the signatures of batch k+1 (which needs no GIL), and
+the node takes in batch k. A batch's header says where it ended (its cursor), so the next can
+be asked for as soon as a batch has arrived, before it is checked.
 """
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from node.entries import check_batch
+from node.entries import check_batch, check_signatures, decode_batch
 
-AHEAD = 1                  # batches waiting, checked or being checked, beside the one being fetched
+AHEAD = 1                  # batches waiting beside those being fetched, decoded and checked
 
 
 def serial_batches(fetch, first: dict, follow):
@@ -28,12 +28,14 @@ def serial_batches(fetch, first: dict, follow):
 
 
 class ReadAhead:
-    """As `serial_batches`, with fetching on one thread and checking on another, ahead of the
-    caller. Use as a context manager: leaving it stops asking and waits for the call under way."""
+    """As `serial_batches`, with fetching, decoding and signature checks on threads of their own,
+    ahead of the caller. Use as a context manager: leaving it stops asking and waits for the
+    call under way."""
 
     def __init__(self, fetch, first: dict, follow):
         self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
         self._stop = threading.Event()
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="crewnode-decode")
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="crewnode-check")
         self._fetcher = threading.Thread(target=self._fetch_all, args=(fetch, first, follow),
                                          name="crewnode-fetch", daemon=True)
@@ -44,7 +46,8 @@ class ReadAhead:
         try:
             while request is not None and not self._stop.is_set():
                 meta, raws = fetch(request)
-                self._hand_over((meta, self._checker.submit(check_batch, raws)))
+                decoded = self._decoder.submit(decode_batch, raws)
+                self._hand_over((meta, self._checker.submit(lambda d=decoded: check_signatures(d.result()))))
                 request = follow(request, meta)
         except BaseException as exc:                    # raised to the caller, in order
             failed: Future = Future()
@@ -76,4 +79,5 @@ class ReadAhead:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._fetcher.join()
+        self._decoder.shutdown(wait=True, cancel_futures=True)
         self._checker.shutdown(wait=True, cancel_futures=True)
