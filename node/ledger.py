@@ -375,7 +375,7 @@ class Ledger:
         done = [h for h in was_pending if h not in reasons]
         self._waiting.update((row[0], row[1]) for row in newly_waiting)
         for h in done:
-            del self._waiting[h]
+            self._waiting.pop(h, None)
         for doc, count in Counter(map(_DOC_OF_ROW, rows)).items():
             self._since_snapshot[doc] = self._since_snapshot.get(doc, 0) + count
         due = [doc for doc, count in self._since_snapshot.items() if count >= SNAPSHOT_EVERY]

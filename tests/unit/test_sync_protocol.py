@@ -121,3 +121,45 @@ def test_a_newcomer_pushes_back_nothing_it_just_received(tmp_path, monkeypatch, 
     received, sent = protocol.run_exchange(lambda fn, *a: fn(fresh, *a), ada.me, remote)
     assert received == sum(s.count for s in ada.states.values()) and sent == 0
     assert pushed == []
+
+
+def _threads_named(prefix: str) -> list:
+    import threading
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_a_garbled_batch_mid_exchange_fails_it_and_keeps_what_came_before(tmp_path, small_batches, prefetch):
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    for i in range(8):
+        ada.propose(cid, f"Topic {i}", "")
+    asked = []
+
+    def remote(name, body):
+        asked.append(name)
+        if name == "exchange" and len(asked) == 2:
+            return b"\x00\x00\x00\x09not json!"
+        return protocol.serve(ada, bea.me, name, body)
+
+    before = bea.states[cid].count
+    with pytest.raises(protocol.ProtocolError, match="not JSON"):
+        protocol.run_exchange(lambda fn, *a: fn(bea, *a), ada.me, remote, prefetch=prefetch)
+    assert bea.states[cid].count == before + 3            # the first batch is kept
+    assert _threads_named("crewnode-fetch") == []         # and nothing is left running
+    assert protocol.run_exchange(lambda fn, *a: fn(bea, *a), ada.me,
+                                 lambda name, body: protocol.serve(ada, bea.me, name, body), prefetch=prefetch)[0] == 5
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_a_peer_that_always_has_more_is_asked_a_bounded_number_of_times(tmp_path, monkeypatch, prefetch):
+    monkeypatch.setattr(protocol, "MAX_ROUNDS", 7)
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    asked = []
+
+    def remote(name, body):
+        asked.append(name)
+        # Nothing to send, yet "more", with a cursor that moves every time.
+        return protocol.pack({"more": True, "after": {cid: len(asked)}, "want": {}})
+
+    protocol.run_exchange(lambda fn, *a: fn(bea, *a), ada.me, remote, prefetch=prefetch)
+    assert asked.count("exchange") == 7               # on while the cursor moves, never past the bound
