@@ -382,12 +382,14 @@ def main(argv=None) -> int:
     if args.screenshots:
         return take_screenshots(args.screenshots)
     home = args.home or Path(tempfile.mkdtemp(prefix="crewnode-bench-page-"))
+    # (asked before the node starts: starting makes the database file, filled or not)
+    reuse = args.home is not None and (args.home / "crewnode.db").exists()
     node = NodeThread(lambda: Service(home, name="Ada Lindqvist"))
     try:
         print(f"node home {home} with {MEMBERS} members, {CREWS} crews, "
               f"{CONGREGATION_AGREEMENTS + CREWS * (CREW_AGREEMENTS + CREW_COMMITMENTS)} agreements and commitments…",
               flush=True)
-        if args.home and (args.home / "crewnode.db").exists():
+        if reuse:
             ids = node.call(existing)               # an earlier --home --keep run: reuse its records
         else:
             ids = node.call(fill)
