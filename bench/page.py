@@ -40,7 +40,7 @@ from node.pages import due_view as page_due_view  # noqa: E402
 from node.entries import build_entry  # noqa: E402
 from node.errors import NodeError  # noqa: E402
 from node.identity import new_device, raw_public  # noqa: E402
-from node.ids import b32, new_id, now_ms  # noqa: E402
+from node.ids import b32, now_ms  # noqa: E402
 from node.rules import bind_record_id  # noqa: E402
 from node.service import Service  # noqa: E402
 from node.worker import NodeThread  # noqa: E402

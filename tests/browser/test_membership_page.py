@@ -8,6 +8,7 @@ import re
 import shutil
 
 from playwright.sync_api import expect
+from nodes import found, me, sync, sync_all
 
 PHONE = {"width": 360, "height": 780}
 ACTIONS = ("Propose agreement", "Create invite", "Create crew", "Leave", "Propose removal", "Fork congregation",
@@ -22,36 +23,9 @@ def open_node(page, node):
     return page
 
 
-def found(node, name="Riverside") -> str:
-    return node.api("POST", "/api/congregations", {"name": name, "purpose": "Neighbours who share tools."},
-                    expect=201)[1]["id"]
-
-
 def crew(node, cid, name, members=()) -> str:
     return node.api("POST", f"/api/congregations/{cid}/crews", {"name": name, "members": list(members)},
                     expect=201)[1]["id"]
-
-
-def me(node) -> str:
-    return node.api("GET", "/api/me", expect=200)[1]["id"]
-
-
-def sync(node, peer) -> dict:
-    return node.api("POST", "/api/sync", {"address": peer.sync_address}, expect=200)[1]
-
-
-def sync_all(*nodes) -> None:
-    """Everyone with everyone, until a full round moves nothing."""
-    for _ in range(6):
-        moved = 0
-        for a in nodes:
-            for b in nodes:
-                if a is not b:
-                    answer = sync(a, b)
-                    moved += answer["received"] + answer["sent"]
-        if not moved:
-            return
-    raise AssertionError("sync did not become quiet")
 
 
 def join(newcomer, inviter, cid) -> None:

@@ -208,7 +208,7 @@ def test_make_and_complete_commitments(node_factory, page):
 
 def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory, page):
     node = node_factory.start(name="Ada")
-    cid = api_congregation(node)
+    api_congregation(node)
     open_node(page, node)
     page.get_by_role("link", name="Riverside").click()
     page.get_by_label("Who is it for? (optional)").fill("Bea from number 12")

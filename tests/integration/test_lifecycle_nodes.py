@@ -8,90 +8,20 @@ says so (POST /api/sync with the peer's sync address; discovery is off).
 """
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from conftest import NodeFactory
 
 from node.entries import decode_entry
+from nodes import crew_view, db_rows, found, invite, join, me, propose, respond, store_bytes, sync, sync_all, titles, view
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def found(node, name="Riverside") -> str:
-    return node.api("POST", "/api/congregations", {"name": name, "purpose": "neighbours"}, expect=201)[1]["id"]
-
-
-def invite(node, cid) -> str:
-    return node.api("POST", f"/api/congregations/{cid}/invites", {"note": "welcome"}, expect=201)[1]["code"]
-
-
-def join(newcomer, inviter, cid, code=None) -> None:
-    code = code or invite(inviter, cid)
-    answer = newcomer.api("POST", "/api/join", {"code": code, "address": inviter.sync_address}, expect=202)[1]
-    assert answer == {"congregation_id": cid, "status": "joined"}
-
-
-def sync(node, peer) -> dict:
-    return node.api("POST", "/api/sync", {"address": peer.sync_address}, expect=200)[1]
-
-
-def sync_all(*nodes) -> None:
-    """Everyone with everyone, until a full round moves nothing."""
-    for _ in range(6):
-        moved = 0
-        for a in nodes:
-            for b in nodes:
-                if a is not b:
-                    answer = sync(a, b)
-                    moved += answer["received"] + answer["sent"]
-        if not moved:
-            return
-    raise AssertionError("sync did not become quiet")
-
-
-def me(node) -> str:
-    return node.api("GET", "/api/me", expect=200)[1]["id"]
-
-
-def view(node, cid) -> dict:
-    return node.api("GET", f"/api/congregations/{cid}", expect=200)[1]
-
-
-def crew_view(node, crew) -> dict:
-    return node.api("GET", f"/api/crews/{crew}", expect=200)[1]
-
-
 def statuses(node, cid) -> dict:
     return {m["id"]: m["status"] for m in view(node, cid)["members"]}
-
-
-def propose(node, scope: str, scope_id: str, title: str, text: str = "", expect=201):
-    return node.api("POST", f"/api/{scope}/{scope_id}/agreements", {"title": title, "text": text}, expect=expect)[1]
-
-
-def respond(node, aid: str, response="consent", expect=200):
-    return node.api("POST", f"/api/agreements/{aid}/responses", {"response": response}, expect=expect)[1]
-
-
-def titles(node, cid) -> set:
-    return {a["title"] for a in view(node, cid)["agreements"]}
-
-
-def db_rows(node, sql: str, args=()) -> list:
-    """Rows from the node's store, read-only while the node runs (WAL allows readers)."""
-    conn = sqlite3.connect(f"file:{node.home / 'crewnode.db'}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
-def store_bytes(home: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted(home.glob("crewnode.db*")) if p.is_file())
 
 
 def entry_status(node, entry_hash: str):

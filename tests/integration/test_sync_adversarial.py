@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import socket
-import sqlite3
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -24,13 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.entries import SIG_CONTEXT, build_entry, decode_entry
 from node.identity import Identity, make_device_cert, new_device, raw_public
-from node.ids import b32, canonical_json, new_id, now_ms
+from node.ids import b32, canonical_json, now_ms
 from node.rules import bind_record_id, invite_message
 from node.service import invite_key
 from sync import protocol
 from sync.engine import verify_peer
 from sync.protocol import pack, unpack
 from sync.transport import SyncClient, TransportError
+from nodes import db_rows
 
 WAIT = 10.0
 
@@ -78,14 +78,6 @@ def client_for(node, identity: Identity) -> SyncClient:
 def propose_op(entitled: list[str], title: str) -> dict:
     return {"t": "propose", "agreement": None, "kind": "agreement", "title": title, "text": "",
             "review_by": None, "entitled": entitled}
-
-
-def db_rows(node, sql: str, args=()) -> list:
-    conn = sqlite3.connect(f"file:{node.home / 'crewnode.db'}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def stored(node, cid: str, pending: bool = True) -> tuple:

@@ -6,15 +6,14 @@ stranger's node that learns nothing, and the peers list.
 """
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from conftest import NodeFactory
 
 from node.errors import Conflict, NotFound
 from node.service import Service, new_invite_code
+from nodes import db_rows, found, invite, join, me, propose, store_bytes, sync, titles
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -30,54 +29,8 @@ class World:
     used_code: str
 
 
-def found(node, name="Riverside", purpose="Meet by the river") -> str:
-    return node.api("POST", "/api/congregations", {"name": name, "purpose": purpose}, expect=201)[1]["id"]
-
-
-def invite(node, cid) -> str:
-    return node.api("POST", f"/api/congregations/{cid}/invites", {"note": "for a friend"}, expect=201)[1]["code"]
-
-
-def join(newcomer, inviter, cid) -> None:
-    """`newcomer` joins `cid` with a code of `inviter`, giving the inviter's sync address."""
-    status, answer = newcomer.api("POST", "/api/join", {"code": invite(inviter, cid),
-                                                        "address": inviter.sync_address}, expect=202)
-    assert answer == {"congregation_id": cid, "status": "joined"}
-
-
-def sync(node, peer) -> dict:
-    return node.api("POST", "/api/sync", {"address": peer.sync_address}, expect=200)[1]
-
-
-def me(node) -> str:
-    return node.api("GET", "/api/me", expect=200)[1]["id"]
-
-
 def member_ids(node, cid) -> set:
     return {m["id"] for m in node.api("GET", f"/api/congregations/{cid}", expect=200)[1]["members"]}
-
-
-def titles(node, cid) -> set:
-    return {a["title"] for a in node.api("GET", f"/api/congregations/{cid}", expect=200)[1]["agreements"]}
-
-
-def propose(node, path_scope: str, scope_id: str, title: str, text: str = "") -> dict:
-    return node.api("POST", f"/api/{path_scope}/{scope_id}/agreements", {"title": title, "text": text},
-                    expect=201)[1]
-
-
-def db_rows(node, sql: str, args=()) -> list:
-    """Rows from the node's store, read-only while the node runs (WAL allows readers)."""
-    conn = sqlite3.connect(f"file:{node.home / 'crewnode.db'}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
-def store_bytes(home: Path) -> bytes:
-    """The bytes of every file of the store (crewnode.db, -wal, -shm)."""
-    return b"".join(p.read_bytes() for p in sorted(home.glob("crewnode.db*")) if p.is_file())
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.entries import build_entry
 from node.identity import new_device
-from node.ids import b32, new_id, now_ms
+from node.ids import b32, now_ms
 from node.rules import bind_record_id, invite_message
 from node.service import Service, invite_key
 from sync import protocol
