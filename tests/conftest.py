@@ -13,6 +13,7 @@ folder, so ``-m "not lan"`` works without decorating each test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -328,6 +329,25 @@ class NodeFactory:
             except Exception as exc:  # keep stopping the others
                 print(f"stopping {node!r} failed: {exc!r}")
 
+    def show_logs(self) -> None:
+        """Print the log tail of every node started."""
+        for node in self.nodes:
+            print(f"\n{node!r}\n{node.log_tail()}")
+
+    @classmethod
+    @contextlib.contextmanager
+    def for_module(cls, tmp_path: Path):
+        """A factory for a module's shared nodes: their logs shown if setting them up fails,
+        every node stopped at the end."""
+        factory = cls(tmp_path)
+        try:
+            yield factory
+        except BaseException:
+            factory.show_logs()
+            raise
+        finally:
+            factory.stop_all()
+
 
 @pytest.fixture
 def node_factory(tmp_path, request):
@@ -337,8 +357,7 @@ def node_factory(tmp_path, request):
     finally:
         factory.stop_all()
         if _test_failed(request):
-            for node in factory.nodes:
-                print(f"\n{node!r}\n{node.log_tail()}")
+            factory.show_logs()
 
 
 # --------------------------------------------------------------------------------------------

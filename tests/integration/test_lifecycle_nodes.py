@@ -61,16 +61,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    factory = NodeFactory(tmp_path_factory.mktemp("lifecycle"))
-    try:
+    with NodeFactory.for_module(tmp_path_factory.mktemp("lifecycle")) as factory:
         nodes = [factory.start(name=n) for n in ("Ada", "Bo", "Cy", "Di", "Ed")]
         yield World(*nodes, ids={n.name: me(n) for n in nodes})
-    except BaseException:
-        for node in factory.nodes:
-            print(f"\n{node!r}\n{node.log_tail()}")
-        raise
-    finally:
-        factory.stop_all()
 
 
 def remove(world, cid, proposer, subject, consenting, scope="congregations", reason="broke trust"):

@@ -102,8 +102,7 @@ def still_serving(world: World) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    factory = NodeFactory(tmp_path_factory.mktemp("sync-adversarial"))
-    try:
+    with NodeFactory.for_module(tmp_path_factory.mktemp("sync-adversarial")) as factory:
         ada, bo = factory.start(name="Ada"), factory.start(name="Bo")
         cid = ada.api("POST", "/api/congregations", {"name": "Riverside", "purpose": ""}, expect=201)[1]["id"]
         code = ada.api("POST", f"/api/congregations/{cid}/invites", {}, expect=201)[1]["code"]
@@ -119,12 +118,6 @@ def world(tmp_path_factory):
         assert answer == {"congregation_id": cid}
         stranger = Writer(new_device(Ed25519PrivateKey.generate()))
         yield World(ada, bo, cid, mal, stranger)
-    except BaseException:
-        for node in factory.nodes:
-            print(f"\n{node!r}\n{node.log_tail()}")
-        raise
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture

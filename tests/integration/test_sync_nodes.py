@@ -38,8 +38,7 @@ def world(tmp_path_factory):
     """Shared by this file's tests (each writes its own, distinct things): Ada founds a
     congregation, Bo and Cy join it with her codes at her address; a stranger's node never
     joins anything."""
-    factory = NodeFactory(tmp_path_factory.mktemp("sync-nodes"))
-    try:
+    with NodeFactory.for_module(tmp_path_factory.mktemp("sync-nodes")) as factory:
         ada, bo, cy = (factory.start(name=n) for n in ("Ada", "Bo", "Cy"))
         stranger = factory.start(name="Stranger")
         cid = found(ada)
@@ -50,12 +49,6 @@ def world(tmp_path_factory):
         assert (status, answer) == (202, {"congregation_id": cid, "status": "joined"})
         join(cy, ada, cid)
         yield World(ada, bo, cy, stranger, cid, code)
-    except BaseException:
-        for node in factory.nodes:
-            print(f"\n{node!r}\n{node.log_tail()}")
-        raise
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture
