@@ -437,17 +437,23 @@ def test_a_cut_that_drops_an_admission_its_writer_never_saw(tmp_path):
         assert seen == decided[0]
 
 
-def test_void_entries_are_listed_alike_whatever_the_order(tmp_path):
-    """Two members leave and each writes once more (by hand, as a node that missed its own
-    leaving would): those entries are void. Nodes that got them in opposite orders hold and
-    list them alike."""
-    from factories import Member, admit, propose_op
+def two_writers(tmp_path) -> tuple:
+    """(congregation id, [Xi, Yu] admitted to it, raw entries of it so far) of a founder's node."""
+    from factories import Member, admit
     founder = open_service(tmp_path / "founder", name="Ada")
     cid = founder.create_congregation("Riverside", "")["id"]
     writers = [Member("Xi"), Member("Yu")]
     for writer in writers:
         admit(founder, cid, writer.id, writer.name)
-    base = [entry.raw for _, _, entry, _, _ in founder.store.held_entries(cid)]
+    return cid, writers, [entry.raw for _, _, entry, _, _ in founder.store.held_entries(cid)]
+
+
+def test_void_entries_are_listed_alike_whatever_the_order(tmp_path):
+    """Two members leave and each writes once more (by hand, as a node that missed its own
+    leaving would): those entries are void. Nodes that got them in opposite orders hold and
+    list them alike."""
+    from factories import propose_op
+    cid, writers, base = two_writers(tmp_path)
     logs = [[writer.write(cid, {"t": "leave", "devices": {writer.identity.device_id: 1}}).raw,
              writer.write(cid, propose_op([], title=f"After {writer.name} left")).raw] for writer in writers]
     listings = []
@@ -464,13 +470,8 @@ def test_void_entries_are_listed_alike_whatever_the_order(tmp_path):
 def test_forks_are_listed_alike_whatever_the_order(tmp_path):
     """Two members' devices each fork their log (two entries at seq 1); nodes that got the
     forks in opposite orders show the same evidence in the same order."""
-    from factories import Member, admit, propose_op
-    founder = open_service(tmp_path / "founder", name="Ada")
-    cid = founder.create_congregation("Riverside", "")["id"]
-    writers = [Member("Xi"), Member("Yu")]
-    for writer in writers:
-        admit(founder, cid, writer.id, writer.name)
-    base = [entry.raw for _, _, entry, _, _ in founder.store.held_entries(cid)]
+    from factories import propose_op
+    cid, writers, base = two_writers(tmp_path)
     logs = [[writer.write(cid, propose_op([], title=f"{writer.name} {n}"), seq=1, prev="").raw for n in (1, 2)]
             for writer in writers]
     shown = []
