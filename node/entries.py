@@ -170,30 +170,19 @@ class CheckedBatch:
 def check_batch(raws: list[bytes]) -> CheckedBatch:
     """Decode and check the signatures of a batch of received entries.
 
-    Needs nothing but the bytes, so it may run on any thread: the sync client checks the next
-    batch while the node's thread takes in this one, and signature checks release the GIL.
+    Needs nothing but the bytes, so it may run on any thread (the listener's, for a push).
     """
-    return check_signatures(decode_batch(raws))
-
-
-def decode_batch(raws: list[bytes]) -> CheckedBatch:
-    """The first half of check_batch: decoded, signatures not checked yet."""
     entries, refused = [], []
     for raw in raws:
         try:
             entries.append(decode_entry(raw))
         except EntryError as exc:
             refused.append((None, str(exc)))
+    unsigned = unsigned_among(entries)
+    if unsigned:
+        refused += [(e.hash, "signature does not hold") for e in entries if e.hash in unsigned]
+        entries = [e for e in entries if e.hash not in unsigned]
     return CheckedBatch(entries, refused)
-
-
-def check_signatures(batch: CheckedBatch) -> CheckedBatch:
-    """The second half of check_batch: entries whose signature does not hold are refused."""
-    unsigned = unsigned_among(batch.entries)
-    if not unsigned:
-        return batch
-    refused = batch.refused + [(e.hash, "signature does not hold") for e in batch.entries if e.hash in unsigned]
-    return CheckedBatch([e for e in batch.entries if e.hash not in unsigned], refused)
 
 
 _SEQ = attrgetter("seq")

@@ -338,9 +338,9 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
     the peer. Over HTTPS these are NodeThread.call and SyncClient.call; in a simulation, plain
     function calls, so many nodes can be driven in one process.
 
-    With `prefetch` (when `remote` may be called from another thread), batches are fetched and
-    checked ahead while the node takes in the one before (sync.readahead): each request
-    carries the cursor of the batch before it, so the peer sends what follows.
+    With `prefetch` (when `remote` may be called from another thread), the next batch is fetched
+    while this one is checked and taken in (sync.readahead): each request carries the cursor of
+    the batch before it, so the peer sends what follows.
     """
     received = sent = 0
     want: dict = {}

@@ -1,17 +1,19 @@
-"""The batches of one exchange, fetched and checked ahead of the node that takes them in.
+"""The batches of one exchange, fetched ahead of the node that takes them in.
 
-Four things can happen at once for a long history: the peer prepares and sends batch k+3,
-this side decodes batch k+2 and checks the signatures of batch k+1 (which needs no GIL), and
-the node takes in batch k. A batch's header says where it ended (its cursor), so the next can
-be asked for as soon as a batch has arrived, before it is checked.
+While this side checks batch k and the node takes it in, the peer prepares and sends batch
+k+1: a batch's header says where it ended (its cursor), so the next can be asked for as soon
+as a batch has arrived.
+
+Checking is not done beside the node: decoding needs the GIL as much as the node does, and the
+signature checks, which release it, must take it back after each signature, behind the node.
+Checks on threads of their own were measured slower than checking and taking in by turns.
 """
 import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 
-from node.entries import check_batch, check_signatures, decode_batch
+from node.entries import check_batch
 
-AHEAD = 1                  # batches waiting beside those being fetched, decoded and checked
+AHEAD = 1                  # batches fetched and waiting, beside the one being fetched
 
 
 def serial_batches(fetch, first: dict, follow):
@@ -28,15 +30,12 @@ def serial_batches(fetch, first: dict, follow):
 
 
 class ReadAhead:
-    """As `serial_batches`, with fetching, decoding and signature checks on threads of their own,
-    ahead of the caller. Use as a context manager: leaving it stops asking and waits for the
-    call under way."""
+    """As `serial_batches`, with fetching on a thread of its own, ahead of the caller. Use as
+    a context manager: leaving it stops asking and waits for the call under way."""
 
     def __init__(self, fetch, first: dict, follow):
         self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
         self._stop = threading.Event()
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="crewnode-decode")
-        self._checker = ThreadPoolExecutor(1, thread_name_prefix="crewnode-check")
         self._fetcher = threading.Thread(target=self._fetch_all, args=(fetch, first, follow),
                                          name="crewnode-fetch", daemon=True)
         self._fetcher.start()
@@ -45,14 +44,11 @@ class ReadAhead:
         request = first
         try:
             while request is not None and not self._stop.is_set():
-                meta, raws = fetch(request)
-                decoded = self._decoder.submit(decode_batch, raws)
-                self._hand_over((meta, self._checker.submit(lambda d=decoded: check_signatures(d.result()))))
-                request = follow(request, meta)
-        except BaseException as exc:                    # raised to the caller, in order
-            failed: Future = Future()
-            failed.set_exception(exc)
-            self._hand_over((None, failed))
+                fetched = fetch(request)
+                self._hand_over(fetched)
+                request = follow(request, fetched[0])
+        except BaseException as exc:                    # raised to the caller, after what came before
+            self._hand_over(exc)
             return
         self._hand_over(None)
 
@@ -69,9 +65,10 @@ class ReadAhead:
             item = self._queue.get()
             if item is None:
                 return
-            meta, checked = item
-            batch = checked.result()                    # raises what fetching or checking raised
-            yield meta, batch
+            if isinstance(item, BaseException):
+                raise item
+            meta, raws = item
+            yield meta, check_batch(raws)
 
     def __enter__(self):
         return self
@@ -79,5 +76,3 @@ class ReadAhead:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._fetcher.join()
-        self._decoder.shutdown(wait=True, cancel_futures=True)
-        self._checker.shutdown(wait=True, cancel_futures=True)
