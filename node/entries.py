@@ -20,8 +20,6 @@ MAX_BODY = 1024 * 1024
 MAX_ENTRY = MAX_HEADER + MAX_BODY + 72
 # seq and time are stored as SQLite integers, and written behind as 19 decimal digits (node.packed_rows)
 MAX_NUMBER = 8 * 10 ** 18 - 1
-HEADER_KEYS = {"v", "doc", "dev", "seq", "prev", "at", "op"}
-_HEADER_KEYS_CERT = HEADER_KEYS | {"cert"}
 _U32 = struct.Struct(">I")
 
 

@@ -254,10 +254,7 @@ class Ledger:
         author = self.devices.get(entry.device)
         if author is None or author not in state.members:
             return None
-        self._batch.setdefault((entry.doc, entry.device, entry.seq), []).append(entry.hash)
-        self._held.add(entry.hash)
-        self.heads[key] = (entry.seq, entry.hash)
-        state.apply(entry, author)
+        self._hold(entry, author, None)
         return author
 
     def _held_among(self, entries) -> set[str]:
