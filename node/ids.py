@@ -12,14 +12,21 @@ def b32(raw: bytes) -> str:
 
 
 def unb32(text: str) -> bytes:
-    """Decode what `b32` made; raises ValueError on anything else."""
+    """Decode what `b32` made; raises ValueError on anything else.
+
+    Only `b32`'s own spelling is taken: base32 also decodes upper case, padding and set
+    trailing bits, which would let one key go by several ids, and ids are compared as text.
+    """
     if not isinstance(text, str) or not text:
         raise ValueError("not an id")
     padded = text.upper() + "=" * (-len(text) % 8)
     try:
-        return base64.b32decode(padded)
+        raw = base64.b32decode(padded)
     except Exception as exc:
         raise ValueError("not an id") from exc
+    if b32(raw) != text:
+        raise ValueError("not an id")
+    return raw
 
 
 def is_key_id(value) -> bool:

@@ -1,4 +1,5 @@
 """The entry byte format and its shape checks (node/entries.py), without any store."""
+import base64
 import json
 import struct
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from factories import Member
 from node.entries import MAX_BODY, MAX_ENTRY, MAX_HEADER, EntryError, build_entry, decode_entry, unsigned_among
 from node.identity import Identity, make_device_cert, new_device, raw_public
-from node.ids import canonical_json
+from node.ids import canonical_json, is_key_id, unb32
 
 DOC = "ab" * 32
 
@@ -96,6 +97,26 @@ def _header(**changes):
 def test_malformed_headers_are_refused(changes):
     with pytest.raises(EntryError):
         decode_entry(frame(_header(**changes)))
+
+
+def _other_spellings(key_id: str) -> list[str]:
+    """Texts that plain base32 decodes to the same key as `key_id`."""
+    last = "abcdefghijklmnopqrstuvwxyz234567".index(key_id[-1])
+    set_bit = "abcdefghijklmnopqrstuvwxyz234567"[last | 1]        # a trailing bit past the key's 256
+    return [key_id.upper(), key_id + "====", key_id[:-1] + set_bit]
+
+
+def test_a_key_has_one_id_only():
+    """Ids are compared as text: a device or member must not go by a second spelling."""
+    device = Member().identity.device_id
+    assert unb32(device) and is_key_id(device)
+    for spelling in _other_spellings(device):
+        assert base64.b32decode(spelling.upper() + "=" * (-len(spelling) % 8)) == unb32(device)
+        assert not is_key_id(spelling)
+        with pytest.raises(ValueError):
+            unb32(spelling)
+        with pytest.raises(EntryError, match="device id is malformed"):
+            decode_entry(frame(_header(dev=spelling)))
 
 
 def test_missing_header_fields_are_refused():
