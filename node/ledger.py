@@ -20,10 +20,15 @@ from operator import attrgetter, itemgetter
 
 from . import snapshots
 from .docstate import DocState, membership_event, order_key
-from .entries import CheckedBatch, check_batch, decode_entry
+from .entries import CheckedBatch, EntryError, check_batch, decode_entry
+from .ids import now_ms
 from .rules import Pending, Refused, Void, check_genesis, check_op
 
-MAX_PENDING = 200_000
+# Entries waiting for what they depend on, at most: every batch of their documents tries them
+# again, so the bound is also a bound on what a batch costs. Past it, an entry is not kept: its
+# sender still holds it, and sends it again at the next sync.
+MAX_PENDING = 10_000
+MAX_PENDING_BYTES = 32 * 2 ** 20
 SNAPSHOT_EVERY = 2_000
 FORKED = "forked log: another entry of this device at the same seq was kept"
 DEPENDS = "it depends on an entry that does not count"
@@ -79,11 +84,39 @@ class Ledger:
         self._facts_due: set[str] = set()                # docs whose facts wait for a quiet moment
         self._batch: dict[tuple, list] = {}              # (doc, device, seq) -> hashes held in this batch
         self._held: set[str] = set()                     # candidates of this batch held already
-        # hash -> document of the entries waiting in `pending`, kept here as well: a batch asks
-        # the store for waiting entries only when there are some, so taking in a batch need not
-        # wait for the previous one to be written (Store.write_behind).
-        self._waiting: dict[str, str] = store.pending_index()
+        # The entries waiting in `pending`, decoded, kept here as well (doc -> {hash: entry}):
+        # a batch tries them again without asking the store, so taking in a batch need not wait
+        # for the previous one to be written (Store.write_behind), nor decode them again.
+        self._waiting: dict[str, dict] = {}
+        self._waiting_count = self._waiting_bytes = 0
+        self._load_waiting()
         self._load()
+
+    def _load_waiting(self) -> None:
+        unreadable = []
+        for hash_, raw in self.store.pending_raw():
+            try:
+                self._wait(decode_entry(raw))
+            except EntryError:                           # kept by an older version with laxer checks
+                unreadable.append(hash_)
+        if unreadable:
+            self.store.drop_pending(unreadable)
+
+    def _wait(self, entry) -> None:
+        self._waiting.setdefault(entry.doc, {})[entry.hash] = entry
+        self._waiting_count += 1
+        self._waiting_bytes += len(entry.raw)
+
+    def _stop_waiting(self, entry) -> None:
+        waiting = self._waiting.get(entry.doc, {})
+        if waiting.pop(entry.hash, None) is not None:
+            self._waiting_count -= 1
+            self._waiting_bytes -= len(entry.raw)
+            if not waiting:
+                del self._waiting[entry.doc]
+
+    def _room_to_wait(self, entry) -> bool:
+        return self._waiting_count < MAX_PENDING and self._waiting_bytes + len(entry.raw) <= MAX_PENDING_BYTES
 
     def _load(self) -> None:
         self.devices.update(self.store.device_authors())
@@ -146,14 +179,10 @@ class Ledger:
         # Documents whose first entry waits (a crew waiting for its founder's admission) are
         # retried with every batch: what unlocks them lives in another document.
         docs = {e.doc for e in fresh.values()} | set(retry_docs) | \
-            {d for h, d in self._waiting.items() if h == d and d not in self.states}
+            {d for d, waiting in self._waiting.items() if d in waiting and d not in self.states}
         # Every waiting entry of these documents, one that has just arrived again included: it
         # must count as waiting, so that its row goes once it is accepted or refused.
-        waiting = {}
-        waiting_docs = set(self._waiting.values()) & docs
-        for raw in self.store.pending_raw(waiting_docs) if waiting_docs else ():
-            entry = decode_entry(raw)
-            waiting[entry.hash] = entry
+        waiting = {h: e for d in docs & self._waiting.keys() for h, e in self._waiting[d].items()}
         candidates = {**waiting, **fresh}
         # One pycrdt transaction per document for the whole batch: the same state as applying
         # each update on its own (checked byte for byte), about three times faster.
@@ -181,7 +210,7 @@ class Ledger:
         self._commit(decided, {}, {}, set())
         for doc in recompute:
             self.recompute(doc)
-        if entry.doc in self._waiting.values():          # some may have waited for this one (an admission)
+        if entry.doc in self._waiting:                   # some may have waited for this one (an admission)
             self.ingest([], retry_docs=[entry.doc])
 
     def _settle(self, candidates: dict, result: IngestResult, strict: bool = False, held: set | None = None):
@@ -273,7 +302,13 @@ class Ledger:
         return {dev: head for (d, dev), head in self.heads.items() if d == doc}
 
     def _held_at(self, doc: str, device: str, seq: int) -> list[str]:
-        return self.store.hashes_at(doc, device, seq) + self._batch.get((doc, device, seq), [])
+        in_batch = self._batch.get((doc, device, seq), [])
+        head = self.heads.get((doc, device))
+        if (head is None or seq > head[0]) and not self.states[doc].forks:
+            # Past the end of the kept branch of a log that never forked: nothing stored there
+            # (so entries waiting for a gap to fill cost no lookups when they are tried again).
+            return in_batch
+        return self.store.hashes_at(doc, device, seq) + in_batch
 
     def _decide(self, entry) -> tuple:
         """(author, void reason or None, recompute?) for an entry to hold; (None, ..) if held
@@ -365,14 +400,14 @@ class Ledger:
         """
         rows = [(e.hash, e.doc, e.device, e.seq, author, e.at, e.op["t"], e.raw,
                  "accepted" if why is None else "void", why) for e, author, why in decided]
-        newly_waiting = [(h, candidates[h].doc, candidates[h].raw, reason, candidates[h].at)
-                         for h, reason in reasons.items() if h not in was_pending]
-        if newly_waiting:
-            newly_waiting = newly_waiting[:max(MAX_PENDING - len(self._waiting), 0)]
         done = [h for h in was_pending if h not in reasons]
-        self._waiting.update((row[0], row[1]) for row in newly_waiting)
         for h in done:
-            self._waiting.pop(h, None)
+            self._stop_waiting(candidates[h])
+        newly_waiting = []
+        for h, reason in reasons.items():
+            if h not in was_pending and self._room_to_wait(candidates[h]):
+                self._wait(candidates[h])
+                newly_waiting.append((h, candidates[h].doc, candidates[h].raw, reason, now_ms()))
         for doc, count in Counter(map(_DOC_OF_ROW, rows)).items():
             self._since_snapshot[doc] = self._since_snapshot.get(doc, 0) + count
         due = [doc for doc, count in self._since_snapshot.items() if count >= SNAPSHOT_EVERY]

@@ -325,18 +325,9 @@ class Store:
         """Forget pending entries that were accepted or refused."""
         self.db.conn.executemany("DELETE FROM pending WHERE hash = ?", [(h,) for h in hashes])
 
-    def pending_raw(self, docs=None) -> list[bytes]:
-        """Raw pending entries, for all documents or the given ones."""
-        if docs is None:
-            return [r[0] for r in self.db.execute("SELECT raw FROM pending")]
-        out = []
-        for doc in docs:
-            out.extend(r[0] for r in self.db.execute("SELECT raw FROM pending WHERE doc = ?", [doc]))
-        return out
-
-    def pending_index(self) -> dict[str, str]:
-        """hash -> document of every waiting entry."""
-        return dict(self.db.execute("SELECT hash, doc FROM pending").fetchall())
+    def pending_raw(self) -> list[tuple[str, bytes]]:
+        """(hash, raw) of every pending entry."""
+        return self.db.execute("SELECT hash, raw FROM pending").fetchall()
 
     def pending_count(self) -> int:
         """How many entries wait."""

@@ -313,6 +313,37 @@ def test_pending_entries_survive_a_restart(world):
     assert again.states[cid].name_of(mo.id) == "Mo 3"
 
 
+def test_a_pending_row_that_no_longer_decodes_is_dropped_at_start(world):
+    """A waiting entry kept under laxer checks (or garbled on disk) does not stop the node."""
+    mo, cid = world.mo, world.cid
+    entries = [mo.write(cid, {"t": "name", "name": f"Mo {i}"}) for i in (1, 2, 3)]
+    world.ada.ledger.ingest([entries[0].raw, entries[2].raw])
+    world.ada.store.add_pending([("ff" * 32, cid, b"garbled", "waits", 0)])
+    home = world.ada.home
+    world.ada.close()
+    world.ada = again = Service(home)
+    assert again.store.pending_count() == 1                     # the garbled row went, the real one waits
+    assert len(again.ledger.ingest([entries[1].raw]).accepted) == 2
+
+
+@pytest.mark.parametrize("bound", ["MAX_PENDING", "MAX_PENDING_BYTES"])
+def test_waiting_entries_are_bounded_and_nothing_is_lost(world, monkeypatch, bound):
+    """Past the bound, an entry that would wait is not kept; it counts as pending, and its
+    sender, who still holds it, sends it again: once its gap is filled it is accepted."""
+    import node.ledger
+    mo, cid = world.mo, world.cid
+    names = [mo.write(cid, {"t": "name", "name": f"Mo {i}"}) for i in range(1, 8)]
+    monkeypatch.setattr(node.ledger, bound, 3 if bound == "MAX_PENDING" else 3 * len(names[1].raw) + 10)
+    result = world.ada.ledger.ingest([n.raw for n in names[1:]])        # seq 1 is missing: all six wait
+    assert counts(result) == {"accepted": 0, "pending": 6, "known": 0, "refused": 0}
+    assert world.ada.store.pending_count() == 3
+    result = world.ada.ledger.ingest([names[0].raw])
+    assert len(result.accepted) == 1 + 3 and world.ada.store.pending_count() == 0
+    result = world.ada.ledger.ingest([n.raw for n in names])           # the sync after: the rest come again
+    assert counts(result) == {"accepted": 3, "pending": 0, "known": 4, "refused": 0}
+    assert world.ada.states[cid].name_of(mo.id) == "Mo 7"
+
+
 def test_pending_entry_is_accepted_when_its_author_is_admitted_locally(world):
     """Entries of a newcomer that arrived before their admission count once Ada admits them."""
     bo = Member("Bo")
