@@ -160,9 +160,12 @@ def _is_hash(text: str) -> bool:
 class CheckedBatch:
     """Received entries decoded and signature-checked (`check_batch`), ready for Ledger.ingest."""
 
-    def __init__(self, entries: list[Entry], refused: list[tuple]):
+    def __init__(self, entries: list[Entry], refused: list[tuple], unsigned: list[Entry] = ()):
         self.entries = entries
         self.refused = refused            # (hash or None, reason)
+        # Refused as their signature does not hold: a later entry of their log may still vouch
+        # for them (Ledger.ingest looks among the entries waiting for them).
+        self.unsigned = list(unsigned)
 
 
 def check_batch(raws: list[bytes]) -> CheckedBatch:
@@ -177,10 +180,11 @@ def check_batch(raws: list[bytes]) -> CheckedBatch:
         except EntryError as exc:
             refused.append((None, str(exc)))
     unsigned = unsigned_among(entries)
-    if unsigned:
-        refused += [(e.hash, "signature does not hold") for e in entries if e.hash in unsigned]
-        entries = [e for e in entries if e.hash not in unsigned]
-    return CheckedBatch(entries, refused)
+    if not unsigned:
+        return CheckedBatch(entries, refused)
+    refused += [(e.hash, "signature does not hold") for e in entries if e.hash in unsigned]
+    return CheckedBatch([e for e in entries if e.hash not in unsigned], refused,
+                        [e for e in entries if e.hash in unsigned])
 
 
 _SEQ = attrgetter("seq")

@@ -162,8 +162,9 @@ class Ledger:
         what was asked of it. Entries waiting in the documents of `retry_docs` are retried too.
         """
         checked = raws if isinstance(raws, CheckedBatch) else check_batch(raws)
-        result = IngestResult(refused=list(checked.refused))
-        decoded = checked.entries
+        vouched = self._vouched_for(checked.unsigned)
+        result = IngestResult(refused=[r for r in checked.refused if r[0] not in vouched])
+        decoded = checked.entries + list(vouched.values())
         if allowed_docs is not None:
             for entry in decoded:
                 if entry.doc not in allowed_docs:
@@ -200,6 +201,30 @@ class Ledger:
         for doc in recompute:
             self.recompute(doc)
         return result
+
+    def _vouched_for(self, unsigned: list) -> dict:
+        """Those of `unsigned` (entries whose own signature does not hold) that a waiting entry
+        names as the one before it in its log, by hash: its signature, checked when it came,
+        vouches for them, as the last signature of a run does for the run (entries.unsigned_among).
+
+        Else an entry held on a later entry's word would be refused by a node that got it in
+        another batch than that later entry, and nodes would hold different entries for good.
+        """
+        if not unsigned or not self._waiting:
+            return {}
+        by_hash = {e.hash: e for e in unsigned}
+        vouchers = [e for doc in {u.doc for u in unsigned} for e in self._waiting.get(doc, {}).values()]
+        vouched = {}
+        while vouchers:
+            found = []
+            for voucher in vouchers:
+                entry = by_hash.get(voucher.prev)
+                if entry is not None and (entry.doc, entry.device, entry.seq + 1) == \
+                        (voucher.doc, voucher.device, voucher.seq) and entry.hash not in vouched:
+                    vouched[entry.hash] = entry
+                    found.append(entry)              # which may vouch for the one before it
+            vouchers = found
+        return vouched
 
     def append(self, entry) -> None:
         """Check and store one entry written here; raises Refused with the reason."""

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import Member, admit, propose_op, service
+from factories import Member, admit, all_raw, copy_docs, propose_op, service
 from node.entries import MAX_BODY, MAX_ENTRY, build_entry
 from node.identity import Identity, make_device_cert, new_device, raw_public
 from node.service import Service
@@ -67,6 +67,33 @@ def test_forged_signature_is_refused(world):
         assert result.accepted == [] and refused_reasons(result) == ["signature does not hold"]
     assert fingerprint(world.ada, world.cid) == before
     assert len(world.ada.ledger.ingest([entry.raw]).accepted) == 1
+
+
+def test_an_entry_a_later_one_vouches_for_is_taken_in_whatever_batch_brings_it(world):
+    """Mo's device signed Y, which names X by hash, but X's own signature does not hold (a
+    careless device, or one that wants nodes to disagree). Y's signature vouches for X, in one
+    batch as in a run; a node that gets X alone first must still take it in once Y waits for
+    it, or it would hold other entries than its peers for good."""
+    mo, cid = world.mo, world.cid
+    x = mo.write(cid, {"t": "name", "name": "Mo X"})
+    y = mo.write(cid, {"t": "name", "name": "Mo Y"})
+    x_unsigned = x.raw[:-64] + bytes(64)
+    cy = service(world.tmp, "Cy")
+    copy_docs(world.ada, cy)
+    assert len(cy.ledger.ingest([x_unsigned, y.raw]).accepted) == 2
+    before = fingerprint(world.ada, cid)
+    result = world.ada.ledger.ingest([x_unsigned])
+    assert refused_reasons(result) == ["signature does not hold"] and fingerprint(world.ada, cid) == before
+    assert world.ada.ledger.ingest([y.raw]).pending == 1
+    # Y vouches for X only: not for another entry at X's place, whose signature does not hold either
+    other = mo.write(cid, {"t": "name", "name": "Mo forged"}, seq=x.seq, prev=x.prev)
+    result = world.ada.ledger.ingest([other.raw[:-64] + bytes(64)])
+    assert refused_reasons(result) == ["signature does not hold"] and world.ada.store.pending_count() == 1
+    result = world.ada.ledger.ingest([x_unsigned])
+    assert len(result.accepted) == 2 and result.refused == [] and world.ada.store.pending_count() == 0
+    assert all_raw(world.ada, cid) == all_raw(cy, cid)
+    assert world.ada.states[cid].name_of(mo.id) == "Mo Y"
+    cy.close()
 
 
 def test_changed_content_breaks_the_signature(world):
