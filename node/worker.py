@@ -4,10 +4,12 @@ call in from many threads."""
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 IDLE_S = 1.0            # a node is quiet when no call came for this long: then it does idle work
+IDLE_AT_MOST_S = 30.0   # ... which waits no longer than this for a quiet moment (a page polling, say)
 
 
 class NodeThread:
@@ -26,18 +28,22 @@ class NodeThread:
 
     def _run(self) -> None:
         service = None
-        quiet = True                              # idle work done since the last job
+        due = None                                # since when idle work waits (None: done since the last job)
         while True:
             try:
-                job = self._jobs.get(timeout=None if quiet else IDLE_S)
+                job = self._jobs.get(timeout=None if due is None else IDLE_S)
             except queue.Empty:
-                quiet = True
+                due = None
                 if service is not None:
                     self._idle(service)
                 continue
-            quiet = False
             if job is None:
                 return
+            if due is None:
+                due = time.monotonic()
+            elif service is not None and time.monotonic() - due > IDLE_AT_MOST_S:
+                due = time.monotonic()
+                self._idle(service)
             fn, future = job
             if not future.set_running_or_notify_cancel():
                 continue

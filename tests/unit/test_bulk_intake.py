@@ -5,6 +5,7 @@ Real Services on real SQLite files; conditions are waited for with a deadline.
 """
 import os
 import sqlite3
+import time
 
 import pytest
 from pycrdt import Doc, Map
@@ -15,6 +16,7 @@ from node.entries import MAX_NUMBER
 from node.ledger import SNAPSHOT_EVERY
 from node.service import CLOCK_SKEW_MS
 from node.store import Store
+from node import worker
 from node.worker import NodeThread
 from support import wait_for
 from sync import protocol
@@ -136,6 +138,24 @@ def test_facts_due_during_a_sync_are_saved_when_the_node_is_quiet(tmp_path):
         facts_then = node.call(lambda s: (protocol.take_entries(s, raws), s.store.snapshot_facts(cid))[1])
         assert facts_then is None, "not while entries are being taken in"
         wait_for(facts_saved, timeout=WAIT, message="no facts snapshot at a quiet moment")
+    finally:
+        node.stop()
+
+
+def test_facts_due_are_saved_even_when_the_node_is_never_quiet(tmp_path, monkeypatch):
+    """A page that polls every fraction of a second must not put idle work off for ever."""
+    monkeypatch.setattr(worker, "IDLE_AT_MOST_S", 1.0)
+    node = NodeThread(lambda: service(tmp_path, "Ada"))
+    try:
+        cid = node.call(lambda s: s.create_congregation("Riverside", "")["id"])
+        mo = Member("Mo")
+        node.call(lambda s: admit(s, cid, mo.id, "Mo"))
+        raws = [e.raw for e in content_edits(mo, cid, SNAPSHOT_EVERY + 10)]
+        assert node.call(lambda s: (protocol.take_entries(s, raws), s.store.snapshot_facts(cid))[1]) is None
+        deadline = time.monotonic() + WAIT
+        while node.call(lambda s: s.store.snapshot_facts(cid)) is None:   # a call every 0.1 s: never quiet
+            assert time.monotonic() < deadline, "idle work never ran while the node was kept busy"
+            time.sleep(0.1)
     finally:
         node.stop()
 
