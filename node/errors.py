@@ -25,3 +25,9 @@ class NotFound(NodeError):
 
 class Conflict(NodeError):
     status = 409
+
+
+class StorageFailed(NodeError):
+    """Received entries that could not be written (a full disk, say)."""
+
+    status = 507

@@ -76,6 +76,13 @@ class Ledger:
 
     def __init__(self, store):
         self.store = store
+        store.on_lost_writes = self._take_stored
+        self._take_stored()
+
+    def _take_stored(self) -> None:
+        """Everything from the store: at start, and when a batch written behind could not be
+        stored (its entries are forgotten; the peers that sent them still hold them)."""
+        store = self.store
         self.states: dict[str, DocState] = {}
         self.devices: dict[str, str] = {}                # device id -> member id
         self.heads: dict[tuple, tuple] = store.heads()   # (doc, device) -> (seq, hash) of the kept branch

@@ -18,6 +18,7 @@ import sqlite_utils
 
 from . import packed_rows
 from .entries import decode_entry
+from .errors import StorageFailed
 from .wal import Checkpointer
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class Store:
         self._behind: Future | None = None             # the write under way on the writer thread
         self._writer: ThreadPoolExecutor | None = None
         self._writer_thread: threading.Thread | None = None
+        # Called (on the thread that finds out) when a write behind failed: whoever holds in
+        # memory what it was writing must forget it.
+        self.on_lost_writes = None
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=FULL")
         # 32 MiB of page cache (the default is 2 MiB): the entries' indexes of a long history
@@ -73,10 +77,18 @@ class Store:
         return self._db
 
     def catch_up(self) -> None:
-        """Wait for the write under way on the writer thread; raises what it raised."""
+        """Wait for the write under way on the writer thread. If it failed, nothing of it is
+        stored: `on_lost_writes` is called, then StorageFailed raised, once."""
         behind, self._behind = self._behind, None
-        if behind is not None:
+        if behind is None:
+            return
+        try:
             behind.result()
+        except Exception as exc:
+            if self.on_lost_writes is not None:
+                self.on_lost_writes()
+            raise StorageFailed(f"received entries could not be stored ({exc}); none of them were kept, "
+                                "and the next sync brings them again") from exc
 
     def write_behind(self, rows: list[tuple], then=None) -> None:
         """Insert held entries (as `insert_entries`), then run `then(store)`, in one transaction

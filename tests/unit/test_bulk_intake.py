@@ -13,6 +13,7 @@ from pycrdt import Doc, Map
 from factories import Member, admit, service
 from node.ids import now_ms
 from node.entries import MAX_NUMBER
+from node.errors import StorageFailed
 from node.ledger import SNAPSHOT_EVERY
 from node.service import CLOCK_SKEW_MS
 from node.store import Store
@@ -97,11 +98,35 @@ def test_a_failed_write_behind_is_reported_at_the_next_use_of_the_store(tmp_path
         def broken(_store):
             raise RuntimeError("disk on fire")
         store.write_behind([], broken)
-        with pytest.raises(RuntimeError, match="disk on fire"):
+        with pytest.raises(StorageFailed, match="disk on fire"):
             store.max_rowid()
         assert store.max_rowid() == 0                 # reported once; the store goes on
     finally:
         store.close()
+
+
+def test_entries_that_could_not_be_stored_are_forgotten_and_come_again(ada):
+    """A full disk while a batch is written behind: the node goes back to what is stored, says
+    so, and takes the same entries in when they come again. (SQLite's max_page_count makes the
+    database full for real.)"""
+    cid = ada.create_congregation("Riverside", "")["id"]
+    mo = Member("Mo")
+    admit(ada, cid, mo.id, "Mo")
+    entries = content_edits(mo, cid, 400)
+    ada.ledger.ingest([e.raw for e in entries[:100]])
+    stored = ada.store.vector(cid)
+    count = ada.states[cid].count
+    pages = ada.store.db.execute("PRAGMA page_count").fetchone()[0]
+    ada.store.db.execute(f"PRAGMA max_page_count = {pages}")
+    ada.ledger.ingest([e.raw for e in entries[100:]])           # taken in; its write fails behind
+    with pytest.raises(StorageFailed, match="could not be stored .*full"):
+        ada.ledger.ingest([e.raw for e in entries[100:]])
+    assert ada.store.vector(cid) == stored and ada.states[cid].count == count
+    assert ada.ledger.heads[(cid, mo.identity.device_id)][0] == 100
+    ada.store.db.execute("PRAGMA max_page_count = 1073741823")
+    result = ada.ledger.ingest([e.raw for e in entries])
+    assert (len(result.accepted), result.known) == (300, 100)
+    assert ada.store.vector(cid)[mo.identity.device_id] == 400 and ada.states[cid].count == count + 300
 
 
 def test_the_wal_is_copied_into_the_database_once_writes_pause(tmp_path):
