@@ -75,9 +75,11 @@ class Service:
         return self.ledger.states
 
     def close(self) -> None:
-        """Snapshot every document and close the store."""
-        self.ledger.snapshot()
-        self.store.close()
+        """Snapshot every document and close the store (closed even if the snapshots fail)."""
+        try:
+            self.ledger.snapshot()
+        finally:
+            self.store.close()
 
     def idle(self) -> None:
         """Work that waits for a quiet moment (worker.NodeThread calls it): facts snapshots."""
