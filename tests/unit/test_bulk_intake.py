@@ -144,45 +144,44 @@ def test_the_wal_is_copied_into_the_database_once_writes_pause(tmp_path):
         store.close()
 
 
-def test_facts_due_during_a_sync_are_saved_when_the_node_is_quiet(tmp_path):
+@pytest.fixture
+def facts_due(tmp_path):
+    """(node, congregation id) of a node that has just taken in a sync's worth of entries: its
+    facts snapshot is due, and waits for a quiet moment."""
     node = NodeThread(lambda: service(tmp_path, "Ada"))
     try:
         cid = node.call(lambda s: s.create_congregation("Riverside", "")["id"])
         mo = Member("Mo")
         node.call(lambda s: admit(s, cid, mo.id, "Mo"))
         raws = [e.raw for e in content_edits(mo, cid, SNAPSHOT_EVERY + 10)]
-        db = tmp_path / "Ada" / "crewnode.db"
-
-        def facts_saved() -> bool:
-            # Read beside the node: asking the node itself would keep it from ever being quiet.
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                row = conn.execute("SELECT length(facts) FROM snapshots WHERE doc = ?", [cid]).fetchone()
-            return bool(row and row[0])
-
-        assert not facts_saved()
         facts_then = node.call(lambda s: (protocol.take_entries(s, raws), s.store.snapshot_facts(cid))[1])
         assert facts_then is None, "not while entries are being taken in"
-        wait_for(facts_saved, timeout=WAIT, message="no facts snapshot at a quiet moment")
+        yield node, cid
     finally:
         node.stop()
 
 
-def test_facts_due_are_saved_even_when_the_node_is_never_quiet(tmp_path, monkeypatch):
+def test_facts_due_during_a_sync_are_saved_when_the_node_is_quiet(facts_due, tmp_path):
+    _, cid = facts_due
+    db = tmp_path / "Ada" / "crewnode.db"
+
+    def facts_saved() -> bool:
+        # Read beside the node: asking the node itself would keep it from ever being quiet.
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT length(facts) FROM snapshots WHERE doc = ?", [cid]).fetchone()
+        return bool(row and row[0])
+
+    wait_for(facts_saved, timeout=WAIT, message="no facts snapshot at a quiet moment")
+
+
+def test_facts_due_are_saved_even_when_the_node_is_never_quiet(facts_due, monkeypatch):
     """A page that polls every fraction of a second must not put idle work off for ever."""
     monkeypatch.setattr(worker, "IDLE_AT_MOST_S", 1.0)
-    node = NodeThread(lambda: service(tmp_path, "Ada"))
-    try:
-        cid = node.call(lambda s: s.create_congregation("Riverside", "")["id"])
-        mo = Member("Mo")
-        node.call(lambda s: admit(s, cid, mo.id, "Mo"))
-        raws = [e.raw for e in content_edits(mo, cid, SNAPSHOT_EVERY + 10)]
-        assert node.call(lambda s: (protocol.take_entries(s, raws), s.store.snapshot_facts(cid))[1]) is None
-        deadline = time.monotonic() + WAIT
-        while node.call(lambda s: s.store.snapshot_facts(cid)) is None:   # a call every 0.1 s: never quiet
-            assert time.monotonic() < deadline, "idle work never ran while the node was kept busy"
-            time.sleep(0.1)
-    finally:
-        node.stop()
+    node, cid = facts_due
+    deadline = time.monotonic() + WAIT
+    while node.call(lambda s: s.store.snapshot_facts(cid)) is None:    # a call every 0.1 s: never quiet
+        assert time.monotonic() < deadline, "idle work never ran while the node was kept busy"
+        time.sleep(0.1)
 
 
 def test_an_exchange_answers_at_most_the_limit_asked_and_refuses_a_bad_one(ada):
