@@ -13,7 +13,8 @@
    entries), each with
    `crewnode serve` on loopback, and times `POST /api/sync` on the empty node: a full sync
    over HTTPS (TLS 1.3, mutual authentication; median of --runs, each into a new empty home),
-   then no-op syncs (nothing new; median of 7).
+   then no-op syncs (nothing new; median of 7). With --threads, also the receiving node's CPU
+   by thread (its node thread, the store's writer, and the threads gone by then).
 3. Stops the founder's node and times its start-up: from launching `crewnode serve` on that
    home until /api/health answers (median of 3), and reports resident memory (the largest of
    the receiving node after the full sync and the restarted node).
@@ -227,7 +228,7 @@ def fill_home(home: Path, founder: Writer, entries: list) -> None:
 class Served:
     """`crewnode serve` on a home, on loopback with free ports."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, env: dict | None = None):
         self.home = home
         ports = home / "ports.json"
         ports.unlink(missing_ok=True)
@@ -236,7 +237,7 @@ class Served:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "serve", "--home", str(home), "--port", "0", "--sync-port", "0",
              "--sync-host", "127.0.0.1", "--no-discovery", "--no-browser"],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
@@ -275,6 +276,18 @@ class Served:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def thread_cpu_s(self) -> dict[str, float]:
+        """CPU time so far of each of the process's threads living now, by "name tid"."""
+        out = {}
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                name = (task / "comm").read_text().strip()
+            except OSError:                                  # the thread ended meanwhile
+                continue
+            out[f"{name} {task.name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return out
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -290,6 +303,35 @@ class Served:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+# Python 3.11 does not give the OS its threads' names: this names them, for --threads only.
+_NAME_THREADS = """import ctypes, threading
+_prctl = ctypes.CDLL(None).prctl
+_run = threading.Thread._bootstrap_inner
+def _named(self):
+    _prctl(15, self.name[:15].encode(), 0, 0, 0)    # PR_SET_NAME
+    return _run(self)
+threading.Thread._bootstrap_inner = _named
+"""
+
+
+def named_threads_env(work: Path) -> dict:
+    """The environment for a node whose threads carry their Python names in /proc."""
+    folder = work / "named-threads"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_NAME_THREADS)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def threads_used(before: dict, after: dict, process_s: float) -> str:
+    """CPU seconds each thread used between two `thread_cpu_s` readings; threads that ended
+    meanwhile (a sync's read-ahead thread) are counted together."""
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    used = {name.rsplit(" ", 1)[0]: s for name, s in sorted(used.items(), key=lambda kv: -kv[1]) if s >= 0.01}
+    ended = process_s - sum(used.values())
+    return (", ".join(f"{name} {s:.2f} s" for name, s in used.items())
+            + f", threads that ended {max(ended, 0):.2f} s (the request's, which checks the batches, and the read-ahead)")
 
 
 # -- the baseline ---------------------------------------------------------------------------------
@@ -318,6 +360,8 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--runs", type=int, default=3, help="full syncs, each into a new empty home (median reported)")
+    parser.add_argument("--threads", action="store_true",
+                        help="also give the receiving node's CPU per thread (threads named for the OS, Linux only)")
     args = parser.parse_args()
     if args.entries < MEMBERS * 2 + CREWS + 1:
         parser.error(f"--entries must be at least {MEMBERS * 2 + CREWS + 1}: the admissions alone take that many")
@@ -342,9 +386,10 @@ def main() -> int:
         for run in range(args.runs):
             empty_home = work / f"member-{run}"
             writers[1].identity.save(empty_home)
-            empty = Served(empty_home)
+            empty = Served(empty_home, env=named_threads_env(work) if args.threads else None)
             servers.append(empty)
             cpu_before = full.cpu_s(), empty.cpu_s()
+            threads_before = empty.thread_cpu_s()
             started = time.perf_counter()
             answer = empty.api("POST", "/api/sync", {"address": full.sync_address})
             took = time.perf_counter() - started
@@ -357,6 +402,8 @@ def main() -> int:
                 f"({answer['received'] / took:,.0f}/s), receiving node rss {empty.rss_mb():.0f} MB; "
                 f"CPU used meanwhile: receiving node {cpu_receiving:.2f} s, serving node {cpu_serving:.2f} s; "
                 f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            if args.threads:
+                log("  receiving node's CPU by thread: " + threads_used(threads_before, empty.thread_cpu_s(), cpu_receiving))
             if run + 1 < args.runs:
                 empty.stop()
                 servers.remove(empty)
