@@ -100,14 +100,20 @@ class Ledger:
         self._load()
 
     def _load_waiting(self) -> None:
-        unreadable = []
+        # Rows an older version kept with laxer checks, or past today's bounds, go.
+        dropped = []
         for hash_, raw in self.store.pending_raw():
             try:
-                self._wait(decode_entry(raw))
-            except EntryError:                           # kept by an older version with laxer checks
-                unreadable.append(hash_)
-        if unreadable:
-            self.store.drop_pending(unreadable)
+                entry = decode_entry(raw)
+            except EntryError:
+                dropped.append(hash_)
+                continue
+            if self._room_to_wait(entry):
+                self._wait(entry)
+            else:
+                dropped.append(hash_)
+        if dropped:
+            self.store.drop_pending(dropped)
 
     def _wait(self, entry) -> None:
         self._waiting.setdefault(entry.doc, {})[entry.hash] = entry

@@ -338,8 +338,8 @@ class Store:
         self.db.conn.executemany("DELETE FROM pending WHERE hash = ?", [(h,) for h in hashes])
 
     def pending_raw(self) -> list[tuple[str, bytes]]:
-        """(hash, raw) of every pending entry."""
-        return self.db.execute("SELECT hash, raw FROM pending").fetchall()
+        """(hash, raw) of every pending entry, the longest waiting first."""
+        return self.db.execute("SELECT hash, raw FROM pending ORDER BY rowid").fetchall()
 
     def pending_count(self) -> int:
         """How many entries wait."""

@@ -353,6 +353,20 @@ def test_a_pending_row_that_no_longer_decodes_is_dropped_at_start(world):
     assert len(again.ledger.ingest([entries[1].raw]).accepted) == 2
 
 
+def test_waiting_rows_past_the_bound_go_at_start(world, monkeypatch):
+    """Rows an older version let wait past today's bound: the longest waiting are kept."""
+    import node.ledger
+    mo, cid = world.mo, world.cid
+    names = [mo.write(cid, {"t": "name", "name": f"Mo {i}"}) for i in range(1, 8)]
+    assert world.ada.ledger.ingest([n.raw for n in names[1:]]).pending == 6
+    home = world.ada.home
+    world.ada.close()
+    monkeypatch.setattr(node.ledger, "MAX_PENDING", 3)
+    world.ada = again = Service(home)
+    assert sorted(again.store.pending_raw()) == sorted((n.hash, n.raw) for n in names[1:4])
+    assert len(again.ledger.ingest([names[0].raw]).accepted) == 1 + 3
+
+
 @pytest.mark.parametrize("bound", ["MAX_PENDING", "MAX_PENDING_BYTES"])
 def test_waiting_entries_are_bounded_and_nothing_is_lost(world, monkeypatch, bound):
     """Past the bound, an entry that would wait is not kept; it counts as pending, and its
