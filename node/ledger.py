@@ -324,15 +324,16 @@ class Ledger:
         self._hold(entry, author, None)
         return author
 
+    def _may_be_stored(self, doc: str, device: str, seq: int) -> bool:
+        """False where no entry can be stored: past the end of the device's kept branch, in a
+        log that never forked (a dropped branch may be longer). Saves the store lookups of a
+        sync of new entries, and of entries waiting for a gap to fill."""
+        head = self.heads.get((doc, device))
+        return head is not None and (seq <= head[0] or getattr(self.states.get(doc), "forks", True))
+
     def _held_among(self, entries) -> set[str]:
-        """Hashes of `entries` held here already. Only entries that may be are looked up: an
-        entry past the end of its device's kept branch is not held, unless that log forked (a
-        dropped branch may be longer), so a sync of new entries costs no lookups."""
-        maybe = []
-        for entry in entries:
-            head = self.heads.get((entry.doc, entry.device))
-            if entry.is_genesis or (head is not None and (entry.seq <= head[0] or getattr(self.states.get(entry.doc), "forks", True))):
-                maybe.append(entry.hash)
+        """Hashes of `entries` held here already (looked up only where they may be)."""
+        maybe = [e.hash for e in entries if e.is_genesis or self._may_be_stored(e.doc, e.device, e.seq)]
         return self.store.held_among(maybe) if maybe else set()
 
     def doc_heads(self, doc: str) -> dict[str, tuple]:
@@ -341,10 +342,7 @@ class Ledger:
 
     def _held_at(self, doc: str, device: str, seq: int) -> list[str]:
         in_batch = self._batch.get((doc, device, seq), [])
-        head = self.heads.get((doc, device))
-        if (head is None or seq > head[0]) and not self.states[doc].forks:
-            # Past the end of the kept branch of a log that never forked: nothing stored there
-            # (so entries waiting for a gap to fill cost no lookups when they are tried again).
+        if not self._may_be_stored(doc, device, seq):
             return in_batch
         return self.store.hashes_at(doc, device, seq) + in_batch
 
