@@ -25,6 +25,9 @@ def world(tmp_path):
     cid = ada.create_congregation("Riverside", "neighbours")["id"]
     mo = Member("Mo")
     admit(ada, cid, mo.id, "Mo")
+    # Mo writes after what he was admitted with, as his node would: in the same millisecond,
+    # the order of his name and the admission's would be left to their hashes.
+    mo.last_at = ada.states[cid].latest_at
     world = SimpleNamespace(ada=ada, cid=cid, mo=mo, tmp=tmp_path)
     yield world
     world.ada.close()
