@@ -331,6 +331,21 @@ def serve(service, peer_member: str, name: str, body) -> bytes:
     raise ProtocolError(f"no such sync call: {name}")
 
 
+def lacking(have: dict, want: dict) -> int:
+    """How many entries the peer's vectors (`want`) are ahead of mine (`have`)."""
+    return sum(seq - have.get(doc, {}).get(device, 0) for doc, vector in want.items()
+               for device, seq in vector.items() if seq > have.get(doc, {}).get(device, 0))
+
+
+def next_limit(left: int) -> int:
+    """How many entries to ask for next, with about `left` still to come: full batches, and
+    a last one as small as the first, so that the sync ends soon after it arrives (the last
+    batch is checked, taken in and stored with nothing left to overlap it)."""
+    if 2 * FIRST_BATCH < left <= BATCH_ENTRIES + FIRST_BATCH:
+        return left - FIRST_BATCH
+    return BATCH_ENTRIES
+
+
 def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple[int, int]:
     """The client's side of one full exchange; returns (received, sent).
 
@@ -349,20 +364,26 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
     after: dict = {}
     asked = 0
 
+    fetched = 0                                         # entries fetched in this round
+
     def fetch(request: dict) -> tuple[dict, list[bytes]]:
-        nonlocal asked
+        nonlocal asked, fetched
         asked += 1
-        return unpack(remote("exchange", pack(request)))
+        meta, entries = unpack(remote("exchange", pack(request)))
+        fetched += len(entries)
+        return meta, entries
 
     def follow(request: dict, meta: dict) -> dict | None:
         moved = check_after(meta.get("after"))
         if not meta.get("more") or moved == request.get("after", {}) or asked >= MAX_ROUNDS:
             return None                                 # the last batch, or the peer's cursor stalled
-        return {**opening, "after": moved}
+        left = lacking(opening["have"], check_vectors(meta.get("want", {}))) - fetched
+        return {**opening, "after": moved, "limit": next_limit(left)}
 
     for round_ in range(MAX_ROUNDS):
         # Each round offers what I hold now; a round ends when the peer's cursor stops moving.
         opening = run(offer, peer_member)
+        fetched = 0
         if after:
             opening["after"] = after
         first = opening if round_ else {**opening, "limit": FIRST_BATCH}

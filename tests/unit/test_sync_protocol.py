@@ -100,6 +100,31 @@ def test_prefetching_the_next_batch_brings_the_same(tmp_path, small_batches):
         client.stop()
 
 
+def test_the_last_batch_is_as_small_as_the_first(tmp_path, monkeypatch):
+    """Full batches, then a small last one: what arrives last is taken in and stored with
+    nothing left to overlap it, so it is kept short."""
+    monkeypatch.setattr(protocol, "BATCH_ENTRIES", 5)
+    monkeypatch.setattr(protocol, "FIRST_BATCH", 2)
+    assert [protocol.next_limit(left) for left in (4, 5, 7, 8, 30)] == [5, 3, 5, 5, 5]
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    while ada.states[cid].count < 13:
+        ada.propose(cid, f"Topic {ada.states[cid].count}", "")
+    fresh = Service(tmp_path / "fresh-bea")
+    fresh.identity = bea.identity                      # Bea's identity on an empty node
+    sizes = []
+
+    def remote(name, body):
+        reply = protocol.serve(ada, fresh.me, name, body)
+        if name == "exchange":
+            sizes.append(len(protocol.unpack(reply)[1]))
+        return reply
+
+    received, _ = protocol.run_exchange(lambda fn, *a: fn(fresh, *a), ada.me, remote)
+    assert received == 13
+    # 2 first; 11 left: a full 5; 6 left: 4, so that the last is 2 (not 5 and then 1).
+    assert sizes == [2, 5, 4, 2]
+
+
 @pytest.mark.parametrize("batch", [3, 10_000])
 def test_a_newcomer_pushes_back_nothing_it_just_received(tmp_path, monkeypatch, batch):
     """The server's answer gives its vectors for every document the client may see, so the
