@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from . import views
+from .docstate import gone_from_congregation
 from .entries import EntryError, decode_entry
 from .errors import Conflict, Forbidden, Invalid, NodeError, NotFound
 from .identity import (IdentityError, check_device_cert, make_device_cert, new_device, raw_private, raw_public,
@@ -139,11 +140,12 @@ def _split(magic: bytes, data: bytes, what: str) -> tuple[bytes, dict, bytes]:
 # -- what a member may read, and their devices --------------------------------------------------
 
 def readable_docs(states: dict, member: str) -> list[str]:
-    """Documents `member` may read: those they are an active member of (as sync decides)."""
+    """Documents `member` may read: those they are an active member of, save crews of a
+    congregation they are gone from (as sync decides)."""
     out = []
     for doc, state in states.items():
         found = state.members.get(member)
-        if found is not None and found.status == "active":
+        if found is not None and found.status == "active" and not gone_from_congregation(states, state, member):
             out.append(doc)
     return out
 
@@ -436,9 +438,10 @@ def retire_device(service, device: str) -> dict:
     cert = device_certs(service.store, service.me).get(device)
     if cert is None:
         raise NotFound(f"no device {device} of yours is known here")
-    for doc in readable_docs(service.states, service.me):
-        state = service.states[doc]
-        if device in state.retired_devices:
+    # Every document I may write in, crews of a congregation I am gone from too: the device
+    # could still write there.
+    for doc, state in list(service.states.items()):
+        if not service._is_active(state) or device in state.retired_devices:
             continue
         upto = service.ledger.heads.get((doc, device), (0, ""))[0]
         sig = identity.person_key.sign(retire_message(doc, device, upto))

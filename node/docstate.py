@@ -177,6 +177,16 @@ def membership_event(entry, author: str):
     return None
 
 
+def gone_from_congregation(states: dict, crew: "DocState", member: str) -> bool:
+    """Whether `member` has left the congregation of `crew` or was removed from it, as held
+    here. A crew's members are congregation members: one who is gone no longer receives the
+    crew's records, though the crew counts them as a member until it removes them (whether an
+    entry counts never depends on another document, so every node decides alike)."""
+    congregation = states.get(crew.congregation) if crew.type == "crew" else None
+    found = congregation.members.get(member) if congregation is not None else None
+    return found is not None and found.status != "active"
+
+
 class DocState:
     """Everything known about one document, built from its accepted entries."""
 

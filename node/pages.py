@@ -23,6 +23,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from markupsafe import Markup, escape
 
 from . import views
+from .docstate import gone_from_congregation
 from .errors import Invalid, NodeError, NotFound
 from .service import Service
 
@@ -411,7 +412,11 @@ def crew_data(service, crew_id: str) -> dict:
 
 def _crew_data(service, crew, congregation, today: str) -> dict:
     view = service.crew_view(crew.id)
-    members = [{"id": m, "name": view["member_names"].get(m, m[:8]), "status": crew.members[m].status}
+    # Active in the crew but gone from its congregation: the crew's records no longer reach them.
+    gone = {m: congregation.members[m].status for m in crew.members
+            if crew.members[m].status == "active" and gone_from_congregation(service.states, crew, m)}
+    members = [{"id": m, "name": view["member_names"].get(m, m[:8]), "status": crew.members[m].status,
+                "gone": gone.get(m)}
                for m in sorted(crew.members, key=lambda m: crew.members[m].joined)]
     candidates = []
     if congregation is not None:
@@ -424,6 +429,7 @@ def _crew_data(service, crew, congregation, today: str) -> dict:
     return {
         "me": service.me, "crew": view, "members": members, "candidates": candidates,
         "active": [m for m in members if m["status"] == "active"],
+        "gone": [m for m in members if m["gone"]],
         "congregation": {"id": crew.congregation,
                          "name": congregation.meta_value("name") if congregation else "its congregation"},
         "my_status": crew.members[service.me].status,

@@ -12,6 +12,7 @@ import json
 import struct
 from contextlib import nullcontext
 
+from node.docstate import gone_from_congregation
 from node.entries import CheckedBatch, check_batch
 from node.ids import is_key_id
 
@@ -101,7 +102,8 @@ def shared_docs(service, peer_member: str) -> list[str]:
 def peer_scope(service, peer_member: str) -> dict[str, int | None]:
     """Documents `peer_member` may receive entries of, each with a limit: None for an active
     member; for one who left or was removed, the stored position of their exit, so their node
-    learns that they are out (and why) but nothing written after that."""
+    learns that they are out (and why) but nothing written after that. None of a crew whose
+    congregation they are gone from (their node learns that from the congregation)."""
     out = {}
     for doc, state in service.states.items():
         member = state.members.get(peer_member)
@@ -111,7 +113,8 @@ def peer_scope(service, peer_member: str) -> dict[str, int | None]:
                 out[doc] = limit
             continue
         if member.status == "active":
-            out[doc] = None
+            if not gone_from_congregation(service.states, state, peer_member):
+                out[doc] = None
             continue
         exits = [x for x in state.exits.get(peer_member, ()) if x.kind != "retired"]
         if exits:

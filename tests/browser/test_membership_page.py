@@ -221,6 +221,19 @@ def test_propose_a_removal_then_the_removed_member_sees_it(node_factory, browser
         expect(cy_page.locator(".removal-note")).to_contain_text("This proposal was about you. The others agreed to it")
         expect(cy_page.get_by_text("Kept the shared money for himself.")).to_be_visible()
         expect_no_actions(cy_page)
+
+        # Cy is still in the Money crew until the crew removes them, but its records no longer
+        # reach Cy: a crew's members are congregation members.
+        ada.api("POST", f"/api/crews/{money}/commitments", {"what": "Count the pool"}, expect=201)
+        sync_all(ada, bo, cy)
+        assert [c["what"] for c in bo.api("GET", f"/api/crews/{money}", expect=200)[1]["commitments"]] == ["Count the pool"]
+        assert cy.api("GET", f"/api/crews/{money}", expect=200)[1]["commitments"] == []
+        ada_page.goto(f"{ada.base}/crews/{money}")
+        expect(ada_page.locator("#members li", has_text="Cy")).to_contain_text("Removed from the congregation")
+        expect(ada_page.locator("#gone-note")).to_contain_text("Cy is no longer in Riverside, so this crew's records no longer reach them.")
+        expect(ada_page.locator("#gone-note")).to_contain_text("until it removes them: propose it below")
+        cy_page.goto(f"{cy.base}/crews/{money}")
+        expect(cy_page.locator("#gone-note")).to_contain_text("Cy (you) is no longer in Riverside, so this crew's records no longer reach you.")
     finally:
         ada_page.context.close()
         cy_page.context.close()

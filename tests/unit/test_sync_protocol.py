@@ -6,7 +6,8 @@ many rounds.
 """
 import pytest
 
-from factories import congregation, copy_docs
+from factories import congregation, copy_docs, sync_until_quiet
+from node import carry
 from node.service import Service
 from sync import protocol
 
@@ -123,6 +124,33 @@ def test_the_last_batch_is_as_small_as_the_first(tmp_path, monkeypatch):
     assert received == 13
     # 2 first; 11 left: a full 5; 6 left: 4, so that the last is 2 (not 5 and then 1).
     assert sizes == [2, 5, 4, 2]
+
+
+def test_a_member_removed_from_the_congregation_no_longer_receives_its_crews(tmp_path):
+    """A crew's members are congregation members: once Cy is removed from the congregation,
+    nodes no longer send Cy the crew's records (nor seal them in a bundle for Cy), though the
+    crew counts Cy as a member until it removes them. Cy's devices can still be retired there."""
+    (ada, bea, cy), cid = congregation(tmp_path, ("Ada", "Bea", "Cy"))
+    crew = ada.create_crew(cid, "Money", "", [bea.me, cy.me])["id"]
+    sync_until_quiet([ada, bea, cy])
+    assert crew in protocol.shared_docs(ada, cy.me) and crew in carry.readable_docs(ada.states, cy.me)
+    removal = ada.propose_removal(cid, cy.me, "kept the pool money")["id"]
+    ada.respond(removal, "consent")
+    sync_until_quiet([ada, bea])
+    bea.respond(removal, "consent")
+    sync_until_quiet([ada, bea])
+    assert ada.states[cid].members[cy.me].status == "removed"
+    assert ada.states[crew].members[cy.me].status == "active"
+    for node in (ada, bea):
+        assert crew not in protocol.peer_scope(node, cy.me)
+        assert crew not in carry.readable_docs(node.states, cy.me)
+    secret = ada.commit(crew, "Count the pool", None, None)["id"]
+    sync_until_quiet([ada, bea, cy])
+    assert [c["id"] for c in bea.crew_view(crew)["commitments"]] == [secret]
+    assert cy.crew_view(crew)["commitments"] == []
+    assert cy.states[cid].members[cy.me].status == "removed"   # Cy's node learns why from the congregation
+    # Bea, a member of both, still gets everything of the crew.
+    assert crew in protocol.peer_scope(ada, bea.me)
 
 
 @pytest.mark.parametrize("batch", [3, 10_000])
