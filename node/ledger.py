@@ -76,10 +76,10 @@ class Ledger:
 
     def __init__(self, store):
         self.store = store
-        store.on_lost_writes = self._take_stored
-        self._take_stored()
+        store.on_lost_writes = self.reload
+        self.reload()
 
-    def _take_stored(self) -> None:
+    def reload(self) -> None:
         """Everything from the store: at start, and when a batch written behind could not be
         stored (its entries are forgotten; the peers that sent them still hold them)."""
         store = self.store

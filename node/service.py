@@ -55,6 +55,7 @@ class Service:
         self.identity = load_or_create_identity(self.home)
         self.store = Store(self.home / "crewnode.db")
         self.ledger = Ledger(self.store)
+        self.store.on_lost_writes = self._forget_unstored
         self._last_at = self.store.db.execute(
             "SELECT COALESCE(MAX(at), 0) FROM entries WHERE device = ?", [self.identity.device_id]).fetchone()[0]
         self.sync_port: int | None = None
@@ -99,6 +100,14 @@ class Service:
                 lifecycle.finalize_removals(self)
             finally:
                 self._finalizing = False
+
+    def _forget_unstored(self) -> None:
+        """A batch written behind could not be stored: go back to what is stored, and tell
+        listeners, so that a page showing those entries shows what is held."""
+        self.ledger.reload()
+        self.revision += 1
+        for listener in list(self.listeners):
+            listener([])
 
     # -- writing ---------------------------------------------------------------------------
 

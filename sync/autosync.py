@@ -106,6 +106,8 @@ class AutoSync:
 
         Runs on the node thread (a Service listener), so it may ask the node directly.
         """
+        if not entries:                                 # entries forgotten, none new: nothing to push
+            return
         source = self.engine.ingesting_from           # the member they came from; None: written here
         now = time.monotonic()
         devices = {getattr(e, "device", None) for e in entries}

@@ -118,10 +118,13 @@ def test_entries_that_could_not_be_stored_are_forgotten_and_come_again(ada):
     count = ada.states[cid].count
     pages = ada.store.db.execute("PRAGMA page_count").fetchone()[0]
     ada.store.db.execute(f"PRAGMA max_page_count = {pages}")
+    told = []
+    ada.listeners.append(told.append)               # as the live page listens
     ada.ledger.ingest([e.raw for e in entries[100:]])           # taken in; its write fails behind
     with pytest.raises(StorageFailed, match="could not be stored .*full"):
         ada.ledger.ingest([e.raw for e in entries[100:]])
     assert ada.store.vector(cid) == stored and ada.states[cid].count == count
+    assert told == [[]]                             # the page is told to show what is held
     assert ada.ledger.heads[(cid, mo.identity.device_id)][0] == 100
     ada.store.db.execute("PRAGMA max_page_count = 1073741823")
     result = ada.ledger.ingest([e.raw for e in entries])
