@@ -29,6 +29,9 @@ from .rules import Pending, Refused, Void, check_genesis, check_op
 # sender still holds it, and sends it again at the next sync.
 MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 32 * 2 ** 20
+# Of those places, at most this many hold entries brought by any one peer: a member filling them
+# with entries that can never be decided still leaves room for others' entries that must wait.
+MAX_PENDING_PER_PEER = 2_500
 SNAPSHOT_EVERY = 2_000
 FORKED = "forked log: another entry of this device at the same seq was kept"
 DEPENDS = "it depends on an entry that does not count"
@@ -96,40 +99,51 @@ class Ledger:
         # for the previous one to be written (Store.write_behind), nor decode them again.
         self._waiting: dict[str, dict] = {}
         self._waiting_count = self._waiting_bytes = 0
+        self._waiting_from: dict[str, str] = {}          # hash -> the peer that brought it (not mine)
+        self._waiting_per_peer: Counter = Counter()
         self._load_waiting()
         self._load()
 
     def _load_waiting(self) -> None:
         # Rows an older version kept with laxer checks, or past today's bounds, go.
         dropped = []
-        for hash_, raw in self.store.pending_raw():
+        for hash_, raw, sender in self.store.pending_raw():
             try:
                 entry = decode_entry(raw)
             except EntryError:
                 dropped.append(hash_)
                 continue
-            if self._room_to_wait(entry):
-                self._wait(entry)
+            if self._room_to_wait(entry, sender):
+                self._wait(entry, sender)
             else:
                 dropped.append(hash_)
         if dropped:
             self.store.drop_pending(dropped)
 
-    def _wait(self, entry) -> None:
+    def _wait(self, entry, sender: str | None) -> None:
         self._waiting.setdefault(entry.doc, {})[entry.hash] = entry
         self._waiting_count += 1
         self._waiting_bytes += len(entry.raw)
+        if sender is not None:
+            self._waiting_from[entry.hash] = sender
+            self._waiting_per_peer[sender] += 1
 
     def _stop_waiting(self, entry) -> None:
         waiting = self._waiting.get(entry.doc, {})
         if waiting.pop(entry.hash, None) is not None:
             self._waiting_count -= 1
             self._waiting_bytes -= len(entry.raw)
+            sender = self._waiting_from.pop(entry.hash, None)
+            if sender is not None:
+                self._waiting_per_peer[sender] -= 1
+                if not self._waiting_per_peer[sender]:
+                    del self._waiting_per_peer[sender]
             if not waiting:
                 del self._waiting[entry.doc]
 
-    def _room_to_wait(self, entry) -> bool:
-        return self._waiting_count < MAX_PENDING and self._waiting_bytes + len(entry.raw) <= MAX_PENDING_BYTES
+    def _room_to_wait(self, entry, sender: str | None) -> bool:
+        return self._waiting_count < MAX_PENDING and self._waiting_bytes + len(entry.raw) <= MAX_PENDING_BYTES \
+            and (sender is None or self._waiting_per_peer[sender] < MAX_PENDING_PER_PEER)
 
     def _load(self) -> None:
         self.devices.update(self.store.device_authors())
@@ -167,12 +181,14 @@ class Ledger:
     # -- accepting ---------------------------------------------------------------------------
 
     @_without_cyclic_gc
-    def ingest(self, raws, allowed_docs=None, retry_docs=()) -> IngestResult:
+    def ingest(self, raws, allowed_docs=None, retry_docs=(), sender: str | None = None) -> IngestResult:
         """Check and store a batch of received entries (raw bytes, or a CheckedBatch made by
         entries.check_batch); retry what waited on them.
 
         With `allowed_docs`, entries of any other document are refused: a peer may only send
         what was asked of it. Entries waiting in the documents of `retry_docs` are retried too.
+        `sender`: the peer member the entries came from, whose entries wait in a bounded share
+        of the places (None: from this node's own user, a bundle say).
         """
         checked = raws if isinstance(raws, CheckedBatch) else check_batch(raws)
         vouched = self._vouched_for(checked.unsigned)
@@ -208,7 +224,7 @@ class Ledger:
             decided, reasons, recompute = self._settle(candidates, result, held=self._held_among(waiting.values()))
         result.pending = sum(1 for h in reasons if h in fresh)
         # Received entries are still held by whoever sent them: no fsync of their own (Store.atomic).
-        self._commit(decided, reasons, candidates, set(waiting), durable=False)
+        self._commit(decided, reasons, candidates, set(waiting), durable=False, sender=sender)
         result.accepted = [e for e, _, why in decided if why is None]
         result.void = sum(1 for _, _, why in decided if why is not None)
         for doc in recompute:
@@ -428,7 +444,8 @@ class Ledger:
         elif kind == "invite" and isinstance(entry.op.get("key"), str):
             state.void_invites.add(entry.op["key"])
 
-    def _commit(self, decided, reasons, candidates, was_pending: set, durable: bool = True) -> None:
+    def _commit(self, decided, reasons, candidates, was_pending: set, durable: bool = True,
+                sender: str | None = None) -> None:
         """Store a settled batch: held entries, what waits now, and the snapshots due.
 
         Not `durable` (received entries): finished on the store's writer thread while this
@@ -441,9 +458,9 @@ class Ledger:
             self._stop_waiting(candidates[h])
         newly_waiting = []
         for h, reason in reasons.items():
-            if h not in was_pending and self._room_to_wait(candidates[h]):
-                self._wait(candidates[h])
-                newly_waiting.append((h, candidates[h].doc, candidates[h].raw, reason, now_ms()))
+            if h not in was_pending and self._room_to_wait(candidates[h], sender):
+                self._wait(candidates[h], sender)
+                newly_waiting.append((h, candidates[h].doc, candidates[h].raw, reason, now_ms(), sender))
         for doc, count in Counter(map(_DOC_OF_ROW, rows)).items():
             self._since_snapshot[doc] = self._since_snapshot.get(doc, 0) + count
         due = [doc for doc, count in self._since_snapshot.items() if count >= SNAPSHOT_EVERY]

@@ -64,6 +64,8 @@ class Store:
         if "pending" not in db.table_names():
             db["pending"].create({"hash": str, "doc": str, "raw": bytes, "reason": str, "received": int}, pk="hash")
             db["pending"].create_index(["doc"])
+        if "sender" not in db["pending"].columns_dict:
+            db["pending"].add_column("sender", str)
         if "snapshots" not in db.table_names():
             db["snapshots"].create({"doc": str, "upto": int, "state": bytes, "facts": str}, pk="doc")
         if "kv" not in db.table_names():
@@ -329,17 +331,18 @@ class Store:
     # -- pending ---------------------------------------------------------------------------
 
     def add_pending(self, rows: list[tuple]) -> None:
-        """Keep entries that wait for their dependencies: (hash, doc, raw, reason, received)."""
+        """Keep entries that wait for their dependencies: (hash, doc, raw, reason, received,
+        sender: the peer member that brought it, or None)."""
         self.db.conn.executemany(
-            "INSERT OR REPLACE INTO pending (hash, doc, raw, reason, received) VALUES (?, ?, ?, ?, ?)", rows)
+            "INSERT OR REPLACE INTO pending (hash, doc, raw, reason, received, sender) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def drop_pending(self, hashes: list[str]) -> None:
         """Forget pending entries that were accepted or refused."""
         self.db.conn.executemany("DELETE FROM pending WHERE hash = ?", [(h,) for h in hashes])
 
-    def pending_raw(self) -> list[tuple[str, bytes]]:
-        """(hash, raw) of every pending entry, the longest waiting first."""
-        return self.db.execute("SELECT hash, raw FROM pending ORDER BY rowid").fetchall()
+    def pending_raw(self) -> list[tuple[str, bytes, str | None]]:
+        """(hash, raw, sender) of every pending entry, the longest waiting first."""
+        return self.db.execute("SELECT hash, raw, sender FROM pending ORDER BY rowid").fetchall()
 
     def pending_count(self) -> int:
         """How many entries wait."""

@@ -294,9 +294,10 @@ def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
                 entries)
 
 
-def take_entries(service, entries, allowed_docs=None):
-    """Ingest entries from a peer (raw, or a CheckedBatch) and tell listeners; returns the IngestResult."""
-    result = service.ledger.ingest(entries, allowed_docs)
+def take_entries(service, entries, allowed_docs=None, sender: str | None = None):
+    """Ingest entries from a peer, `sender` (raw, or a CheckedBatch) and tell listeners; returns
+    the IngestResult."""
+    result = service.ledger.ingest(entries, allowed_docs, sender=sender)
     service.changed(result.accepted)
     return result
 
@@ -307,7 +308,7 @@ def receive_push(service, peer_member: str, meta: dict, entries) -> bytes:
     if not isinstance(docs, list) or len(docs) > MAX_DOCS:
         raise ProtocolError("docs must be a list of document ids")
     allowed = {d for d in docs if isinstance(d, str)}
-    result = take_entries(service, entries, allowed)
+    result = take_entries(service, entries, allowed, peer_member)
     service.store.catch_up()            # the answer says what is stored: stored it is, not on its way
     want = summary(service, sorted(allowed))
     return pack({"accepted": len(result.accepted) + result.void, "pending": result.pending,
@@ -399,7 +400,7 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
                 want_forks = check_forks(reply_meta.get("want_forks"))
                 after = check_after(reply_meta.get("after"))
                 more = bool(reply_meta.get("more"))
-                result = run(take_entries, entries)
+                result = run(take_entries, entries, None, peer_member)
                 received += len(result.accepted) + result.void
                 progress = bool(result.accepted or result.void)
         if not (more and progress) or asked >= MAX_ROUNDS:

@@ -348,7 +348,7 @@ def test_a_pending_row_that_no_longer_decodes_is_dropped_at_start(world):
     mo, cid = world.mo, world.cid
     entries = [mo.write(cid, {"t": "name", "name": f"Mo {i}"}) for i in (1, 2, 3)]
     world.ada.ledger.ingest([entries[0].raw, entries[2].raw])
-    world.ada.store.add_pending([("ff" * 32, cid, b"garbled", "waits", 0)])
+    world.ada.store.add_pending([("ff" * 32, cid, b"garbled", "waits", 0, None)])
     home = world.ada.home
     world.ada.close()
     world.ada = again = Service(home)
@@ -366,7 +366,7 @@ def test_waiting_rows_past_the_bound_go_at_start(world, monkeypatch):
     world.ada.close()
     monkeypatch.setattr(node.ledger, "MAX_PENDING", 3)
     world.ada = again = Service(home)
-    assert sorted(again.store.pending_raw()) == sorted((n.hash, n.raw) for n in names[1:4])
+    assert sorted(again.store.pending_raw()) == sorted((n.hash, n.raw, None) for n in names[1:4])
     assert len(again.ledger.ingest([names[0].raw]).accepted) == 1 + 3
 
 
@@ -386,6 +386,29 @@ def test_waiting_entries_are_bounded_and_nothing_is_lost(world, monkeypatch, bou
     result = world.ada.ledger.ingest([n.raw for n in names])           # the sync after: the rest come again
     assert counts(result) == {"accepted": 3, "pending": 0, "known": 4, "refused": 0}
     assert world.ada.states[cid].name_of(mo.id) == "Mo 7"
+
+
+def test_one_peer_cannot_take_every_waiting_place(world, monkeypatch):
+    """Entries one peer brings wait in at most MAX_PENDING_PER_PEER places, across a restart:
+    a member filling them with entries that may never be decided leaves room for others'."""
+    import node.ledger
+    monkeypatch.setattr(node.ledger, "MAX_PENDING_PER_PEER", 3)
+    mo, cid = world.mo, world.cid
+    names = [mo.write(cid, {"t": "name", "name": f"Mo {i}"}) for i in range(1, 8)]
+    result = world.ada.ledger.ingest([n.raw for n in names[1:]], sender="hostile")   # seq 1 missing
+    assert result.pending == 6 and world.ada.store.pending_count() == 3
+    home = world.ada.home
+    world.ada.close()
+    world.ada = again = Service(home)
+    assert again.ledger.ingest([n.raw for n in names[4:]], sender="hostile").pending == 3
+    assert again.store.pending_count() == 3                       # still no room for that peer
+    bo = Member("Bo")
+    early = bo.write(cid, {"t": "name", "name": "Bo"})             # waits for Bo's admission
+    assert again.ledger.ingest([early.raw], sender="honest").pending == 1
+    assert again.store.pending_count() == 4                       # another peer's entry has a place
+    result = again.ledger.ingest([names[0].raw], sender="honest")
+    assert len(result.accepted) == 1 + 3 and again.store.pending_count() == 1
+    assert again.ledger.ingest([n.raw for n in names[4:]], sender="hostile").accepted  # room again
 
 
 def test_pending_entry_is_accepted_when_its_author_is_admitted_locally(world):

@@ -153,6 +153,20 @@ def test_a_member_removed_from_the_congregation_no_longer_receives_its_crews(tmp
     assert crew in protocol.peer_scope(ada, bea.me)
 
 
+def test_entries_a_peer_pushes_wait_in_that_peer_s_share_of_the_places(tmp_path, monkeypatch):
+    import node.ledger
+    monkeypatch.setattr(node.ledger, "MAX_PENDING_PER_PEER", 2)
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    before = bea.store.vector(cid)
+    for i in range(5):
+        bea.propose(cid, f"Topic {i}", "")
+    fresh = bea.store.raw_after(cid, before)                        # Bea's five, in log order
+    reply, _ = protocol.unpack(protocol.serve(ada, bea.me, "push", protocol.pack({"docs": [cid]}, fresh[1:])))
+    assert reply["pending"] == 4 and ada.store.pending_count() == 2     # the first is missing
+    reply, _ = protocol.unpack(protocol.serve(ada, bea.me, "push", protocol.pack({"docs": [cid]}, fresh)))
+    assert reply["accepted"] == 5 and ada.store.pending_count() == 0
+
+
 @pytest.mark.parametrize("batch", [3, 10_000])
 def test_a_newcomer_pushes_back_nothing_it_just_received(tmp_path, monkeypatch, batch):
     """The server's answer gives its vectors for every document the client may see, so the
