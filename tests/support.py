@@ -7,10 +7,12 @@ Import them as ``from support import wait_for``: tests/conftest.py puts this fol
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 from typing import Any, Callable
 
-__all__ = ["wait_for"]
+__all__ = ["read_until_closed", "wait_for"]
 
 
 def wait_for(
@@ -48,3 +50,24 @@ def wait_for(
     what = text or getattr(predicate, "__name__", "condition")
     detail = f"last error {last_exc!r}" if last_exc is not None else f"last value {last!r}"
     raise AssertionError(f"timed out after {timeout:g} s waiting for: {what} ({detail})")
+
+
+def read_until_closed(sock, timeout: float) -> bytes:
+    """Everything a server sends on `sock` until it closes; fails if it keeps the connection
+    open past `timeout` seconds (a node must drop a hostile connection, not hang on it)."""
+    end = time.monotonic() + timeout
+    chunks = []
+    while True:
+        remaining = end - time.monotonic()
+        assert remaining > 0, "the node kept a hostile connection open"
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            break
+        except socket.timeout:
+            raise AssertionError("the node kept a hostile connection open") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -31,6 +31,7 @@ from sync.engine import verify_peer
 from sync.protocol import pack, unpack
 from sync.transport import SyncClient, TransportError
 from nodes import db_rows
+from support import read_until_closed
 
 WAIT = 10.0
 
@@ -146,31 +147,11 @@ def sync_port(world) -> tuple[str, int]:
     return host, int(port)
 
 
-def read_until_closed(sock, timeout: float = WAIT) -> bytes:
-    """Everything the server sends until it closes; fails if it keeps the connection open."""
-    end = time.monotonic() + timeout
-    chunks = []
-    while True:
-        remaining = end - time.monotonic()
-        assert remaining > 0, "the node kept a hostile connection open"
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLError):
-            break
-        except socket.timeout:
-            raise AssertionError("the node kept a hostile connection open") from None
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @pytest.mark.usefixtures("unchanged")
 def test_garbage_bytes(world):
     with socket.create_connection(sync_port(world), timeout=WAIT) as sock:
         sock.sendall(os.urandom(4096))
-        answer = read_until_closed(sock)
+        answer = read_until_closed(sock, WAIT)
     assert not answer.startswith(b"HTTP/")            # at most a TLS alert, then closed
 
 
@@ -178,7 +159,7 @@ def test_garbage_bytes(world):
 def test_plain_http_to_the_tls_port(world):
     with socket.create_connection(sync_port(world), timeout=WAIT) as sock:
         sock.sendall(b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd")
-        answer = read_until_closed(sock)
+        answer = read_until_closed(sock, WAIT)
     assert not answer.startswith(b"HTTP/1.1 200")
 
 
@@ -190,7 +171,7 @@ def test_tls_with_garbage_inside(world):
     with socket.create_connection(sync_port(world), timeout=WAIT) as raw:
         with context.wrap_socket(raw) as sock:
             sock.sendall(os.urandom(2048) + b"\r\n\r\n")
-            answer = read_until_closed(sock)
+            answer = read_until_closed(sock, WAIT)
     if answer:
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     # An HTTP request without a session: refused before its body is read.
@@ -198,7 +179,7 @@ def test_tls_with_garbage_inside(world):
         with context.wrap_socket(raw) as sock:
             sock.sendall(b"POST /v1/push HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\n"
                          + b"\xff" * 5)
-            answer = read_until_closed(sock)
+            answer = read_until_closed(sock, WAIT)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert b"authenticate" in answer
 

@@ -29,6 +29,7 @@ from sync.transport import (
     TransportError,
     auth_message,
 )
+from support import read_until_closed
 
 WAIT = 5.0  # upper bound for anything that should happen "at once"
 
@@ -192,26 +193,6 @@ def tcp(server):
 
 def tls_sock(server):
     return tls.client_context().wrap_socket(tcp(server))
-
-
-def read_until_closed(sock, deadline=WAIT):
-    """Read until the server closes; fail if it has not within ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    chunks = []
-    while True:
-        remaining = end - time.monotonic()
-        assert remaining > 0, "server kept the connection open"
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLError):
-            break
-        except socket.timeout:
-            raise AssertionError("server kept the connection open") from None
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_response(raw):
@@ -510,7 +491,7 @@ def test_declared_oversized_body_is_413_without_reading(make_server):
     sock = raw.conn.sock
     sock.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nX-Session: " + token.encode()
                  + b"\r\nContent-Length: 1000000000\r\n\r\n" + b"x" * 100)
-    status, body = parse_response(read_until_closed(sock))
+    status, body = parse_response(read_until_closed(sock, WAIT))
     assert status == 413
     assert "exceeds the limit of 1024" in json.loads(body)["error"]
     assert server.handler.names() == []
@@ -559,7 +540,7 @@ def test_client_caps_response_size(server):
 def test_garbage_bytes(server):
     sock = tcp(server)
     sock.sendall(os.urandom(4096))
-    read_until_closed(sock)
+    read_until_closed(sock, WAIT)
     sock.close()
     assert_healthy(server)
 
@@ -567,7 +548,7 @@ def test_garbage_bytes(server):
 def test_plain_http_to_tls_port(server):
     sock = tcp(server)
     sock.sendall(b"POST /v1/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
-    assert not read_until_closed(sock).startswith(b"HTTP/1.1 200")
+    assert not read_until_closed(sock, WAIT).startswith(b"HTTP/1.1 200")
     sock.close()
     assert_healthy(server)
 
@@ -575,7 +556,7 @@ def test_plain_http_to_tls_port(server):
 def test_tls_then_garbage(server):
     sock = tls_sock(server)
     sock.sendall(b"\x00\xff\xfe this is not http at all\r\n\r\n")
-    status, body = parse_response(read_until_closed(sock))
+    status, body = parse_response(read_until_closed(sock, WAIT))
     assert status == 400 and "error" in json.loads(body)
     sock.close()
     assert_healthy(server)
@@ -593,7 +574,7 @@ def test_fuzzed_requests_inside_tls(server, junk):
     try:
         sock.sendall(junk)
         socket.socket.shutdown(sock, socket.SHUT_WR)
-        reply = read_until_closed(sock)
+        reply = read_until_closed(sock, WAIT)
     finally:
         sock.close()
     if reply:
@@ -608,7 +589,7 @@ def test_server_healthy_after_fuzzing(server):
     for _ in range(20):
         sock = tls_sock(server)
         sock.sendall(os.urandom(64) + b"\r\n\r\n")
-        read_until_closed(sock)
+        read_until_closed(sock, WAIT)
         sock.close()
     assert_healthy(server)
 
@@ -616,7 +597,7 @@ def test_server_healthy_after_fuzzing(server):
 def test_huge_header_is_refused(server):
     sock = tls_sock(server)
     sock.sendall(b"POST /v1/hello HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 60000 + b"\r\n\r\n")
-    status, _ = parse_response(read_until_closed(sock))
+    status, _ = parse_response(read_until_closed(sock, WAIT))
     assert status == 431
     assert_healthy(server)
 
@@ -628,7 +609,7 @@ def test_truncated_body(server):
     sock.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nX-Session: " + token.encode()
                  + b"\r\nContent-Length: 1000\r\n\r\n" + b"only a little")
     socket.socket.shutdown(sock, socket.SHUT_WR)  # the peer gives up mid-body
-    raw_reply = read_until_closed(sock)
+    raw_reply = read_until_closed(sock, WAIT)
     if raw_reply:
         assert parse_response(raw_reply)[0] == 400
     raw.close()
@@ -644,7 +625,7 @@ def test_silent_and_slow_clients_do_not_stall_others(make_server):
     partial.sendall(b"POST /v1/echo HTTP/1.1\r\nX-Sess")  # stops mid-header
     assert_healthy(server)  # served at once while all three hang
     for sock in (silent, mute, partial):
-        read_until_closed(sock, deadline=3.0)  # each dropped after its timeout
+        read_until_closed(sock, 3.0)  # each dropped after its timeout
         sock.close()
     assert_healthy(server)
 
