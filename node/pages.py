@@ -648,6 +648,53 @@ def join_page():
     return redirect(url_for(".home", note="joining"), 303)
 
 
+# -- forms of congregation and crew pages ---------------------------------------------------------
+
+def _submit(kind: str, doc_id: str, form: str, act, anchor=lambda made: ""):
+    """A form on a congregation's or a crew's page (`kind`): `act()` on the node; refused, the
+    page again with the reason next to `form`; else back to the page, at `anchor(what act made)`."""
+    crew = kind == "crew"
+    node().call(Service.crew_state if crew else Service.congregation_state, doc_id)   # 404 if not held
+    try:
+        made = act()
+    except NodeError as exc:
+        if crew:
+            return render_crew(doc_id, form, exc.message, _error_status(exc))
+        return _congregation_form_error(doc_id, form, exc)
+    page = url_for(".crew", crew_id=doc_id) if crew else url_for(".congregation", cid=doc_id)
+    return redirect(page + anchor(made), 303)
+
+
+def _proposal(kind: str, doc_id: str):
+    """The form proposing an agreement."""
+    return _submit(kind, doc_id, "propose", lambda: node().call(
+        Service.propose, doc_id, field("title"), field("text"), field("review_by") or None), _agreement_anchor)
+
+
+def _removal(kind: str, doc_id: str):
+    """The form proposing to remove a member."""
+    return _submit(kind, doc_id, "removal", lambda: node().call(
+        Service.propose_removal, doc_id, field("member_id"), field("reason")), _agreement_anchor)
+
+
+def _confirmed_leaving() -> None:
+    """Leaving asks for a ticked box (the browser asks first; this is for when it did not)."""
+    if request.form.get("confirm") != "yes":
+        raise Invalid("tick “I want to leave” to confirm, then press Leave again")
+
+
+def _leaving(kind: str, doc_id: str):
+    """The form leaving a congregation or a crew."""
+    def leave():
+        _confirmed_leaving()
+        return node().call(Service.leave, doc_id)
+    return _submit(kind, doc_id, "leave", leave)
+
+
+def _agreement_anchor(made) -> str:
+    return f"#a-{made['id']}"
+
+
 # -- congregation ---------------------------------------------------------------------------------
 
 @pages.get("/c/<cid>")
@@ -679,12 +726,7 @@ def create_invite(cid):
 
 @pages.post("/c/<cid>/agreements")
 def propose_in_congregation(cid):
-    node().call(Service.congregation_state, cid)
-    try:
-        made = node().call(Service.propose, cid, field("title"), field("text"), field("review_by") or None)
-    except NodeError as exc:
-        return _congregation_form_error(cid, "propose", exc)
-    return redirect(url_for(".congregation", cid=cid) + f"#a-{made['id']}", 303)
+    return _proposal("congregation", cid)
 
 
 @pages.post("/c/<cid>/crews")
@@ -701,23 +743,12 @@ def create_crew(cid):
 
 @pages.post("/c/<cid>/leave")
 def leave_congregation(cid):
-    node().call(Service.congregation_state, cid)
-    try:
-        _confirmed_leaving()
-        node().call(Service.leave, cid)
-    except NodeError as exc:
-        return _congregation_form_error(cid, "leave", exc)
-    return redirect(url_for(".congregation", cid=cid), 303)
+    return _leaving("congregation", cid)
 
 
 @pages.post("/c/<cid>/removals")
 def propose_removal_in_congregation(cid):
-    node().call(Service.congregation_state, cid)
-    try:
-        made = node().call(Service.propose_removal, cid, field("member_id"), field("reason"))
-    except NodeError as exc:
-        return _congregation_form_error(cid, "removal", exc)
-    return redirect(url_for(".congregation", cid=cid) + f"#a-{made['id']}", 303)
+    return _removal("congregation", cid)
 
 
 @pages.post("/c/<cid>/fork")
@@ -729,12 +760,6 @@ def fork_congregation(cid):
     except NodeError as exc:
         return _congregation_form_error(cid, "fork", exc)
     return redirect(url_for(".congregation", cid=made["id"]), 303)
-
-
-def _confirmed_leaving() -> None:
-    """Leaving asks for a ticked box (the browser asks first; this is for when it did not)."""
-    if request.form.get("confirm") != "yes":
-        raise Invalid("tick “I want to leave” to confirm, then press Leave again")
 
 
 @pages.get("/c/<cid>/history")
@@ -752,53 +777,30 @@ def crew(crew_id):
 
 @pages.post("/crews/<crew_id>/agreements")
 def propose_in_crew(crew_id):
-    node().call(Service.crew_state, crew_id)
-    try:
-        made = node().call(Service.propose, crew_id, field("title"), field("text"), field("review_by") or None)
-    except NodeError as exc:
-        return render_crew(crew_id, "propose", exc.message, _error_status(exc))
-    return redirect(url_for(".crew", crew_id=crew_id) + f"#a-{made['id']}", 303)
+    return _proposal("crew", crew_id)
 
 
 @pages.post("/crews/<crew_id>/commitments")
 def make_commitment(crew_id):
-    node().call(Service.crew_state, crew_id)
-    try:
-        made = node().call(Service.commit, crew_id, field("what"), field("due") or None, field("by") or None)
-    except NodeError as exc:
-        return render_crew(crew_id, "commit", exc.message, _error_status(exc))
-    return redirect(url_for(".crew", crew_id=crew_id) + f"#k-{made['id']}", 303)
+    return _submit("crew", crew_id, "commit", lambda: node().call(
+        Service.commit, crew_id, field("what"), field("due") or None, field("by") or None),
+        lambda made: f"#k-{made['id']}")
 
 
 @pages.post("/crews/<crew_id>/members")
 def add_member(crew_id):
-    node().call(Service.crew_state, crew_id)
-    try:
-        node().call(Service.add_crew_member, crew_id, field("member_id"))
-    except NodeError as exc:
-        return render_crew(crew_id, "add", exc.message, _error_status(exc))
-    return redirect(url_for(".crew", crew_id=crew_id) + "#members", 303)
+    return _submit("crew", crew_id, "add", lambda: node().call(Service.add_crew_member, crew_id, field("member_id")),
+                   lambda _: "#members")
 
 
 @pages.post("/crews/<crew_id>/leave")
 def leave_crew(crew_id):
-    node().call(Service.crew_state, crew_id)
-    try:
-        _confirmed_leaving()
-        node().call(Service.leave, crew_id)
-    except NodeError as exc:
-        return render_crew(crew_id, "leave", exc.message, _error_status(exc))
-    return redirect(url_for(".crew", crew_id=crew_id), 303)
+    return _leaving("crew", crew_id)
 
 
 @pages.post("/crews/<crew_id>/removals")
 def propose_removal_in_crew(crew_id):
-    node().call(Service.crew_state, crew_id)
-    try:
-        made = node().call(Service.propose_removal, crew_id, field("member_id"), field("reason"))
-    except NodeError as exc:
-        return render_crew(crew_id, "removal", exc.message, _error_status(exc))
-    return redirect(url_for(".crew", crew_id=crew_id) + f"#a-{made['id']}", 303)
+    return _removal("crew", crew_id)
 
 
 @pages.get("/crews/<crew_id>/history")
