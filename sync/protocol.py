@@ -217,16 +217,17 @@ def forked_devices(service, doc: str, their_vector: dict, their_heads: dict, the
 
 def missing_for(service, peer_member: str, have: dict, limit: int | None = None,
                 their_heads: dict | None = None, their_forks: dict | None = None) -> tuple[list[bytes], bool]:
-    """Entries the peer lacks, only of documents they may see; (entries, more left).
+    """Entries the peer lacks, of documents they may see and gave their vectors for (`have`: a
+    peer gives none of a document it knows I am out of); (entries, more left).
 
     `their_forks` (None from a peer that does not send it) is the peer's `fork_counts`."""
-    entries, more, _ = missing_batch(service, peer_member, have, limit, their_heads, their_forks)
+    entries, more, _ = missing_batch(service, peer_member, have, limit, their_heads, their_forks, within=set(have))
     return entries, more
 
 
 def missing_batch(service, peer_member: str, have: dict, limit: int | None = None,
                   their_heads: dict | None = None, their_forks: dict | None = None,
-                  after: dict | None = None) -> tuple[list[bytes], bool, dict]:
+                  after: dict | None = None, within: set | None = None) -> tuple[list[bytes], bool, dict]:
     """(entries, more left, cursor): entries the peer lacks, only of documents they may see,
     skipping what a previous batch of the same exchange covered (`after`: document -> the
     stored position up to which it was sent); the cursor says how far this batch got.
@@ -241,6 +242,8 @@ def missing_batch(service, peer_member: str, have: dict, limit: int | None = Non
     cursor: dict[str, int] = {}
     size = 0
     for doc, upto in peer_scope(service, peer_member).items():
+        if within is not None and doc not in within:
+            continue
         if len(out) >= limit or size >= BATCH_BYTES:
             return out, True, cursor
         vector = have.get(doc, {})
@@ -274,6 +277,21 @@ def check_after(value) -> dict[str, int]:
     return value
 
 
+def pushable(service, peer_member: str, docs) -> list[str]:
+    """Of `docs`, those the peer may push, whose vectors and heads I tell it: all but those I
+    know it is out of (it left, was removed, or is gone from a crew's congregation), of which it
+    learns nothing more. Receiving is safe from anyone (every entry is checked on its own
+    signature and author), and a document I do not know the peer in may be one whose news of
+    its admission it carries."""
+    out = []
+    for doc in docs:
+        state = service.states.get(doc)
+        member = state.members.get(peer_member) if state is not None else None
+        if member is None or (member.status == "active" and not gone_from_congregation(service.states, state, peer_member)):
+            out.append(doc)
+    return out
+
+
 def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
     """The server's answer to an exchange: what the client lacks, and my vectors."""
     have = check_vectors(meta.get("have", {}))
@@ -283,12 +301,9 @@ def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
         raise ProtocolError("limit must be a positive number of entries")
     entries, more, cursor = missing_batch(service, peer_member, have, min(limit, BATCH_ENTRIES), check_heads(meta.get("heads")),
                                           check_forks(meta.get("forks")), after)
-    # Receiving is safe from anyone (every entry is checked on its own signature and author), so
-    # the client may push any document it offered, even one whose news has not reached me yet
-    # that it is a member (it may be carrying its own admission).
     # My vectors for what the client offered and for what it may see (it may hold those now,
     # from this very exchange): what the client pushes next is then only what I lack.
-    want = summary(service, list(dict.fromkeys([*have, *peer_scope(service, peer_member)])))
+    want = summary(service, pushable(service, peer_member, dict.fromkeys([*have, *peer_scope(service, peer_member)])))
     return pack({"more": more, "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"],
                  "after": {**after, **cursor}},
                 entries)
@@ -310,7 +325,7 @@ def receive_push(service, peer_member: str, meta: dict, entries) -> bytes:
     allowed = {d for d in docs if isinstance(d, str)}
     result = take_entries(service, entries, allowed, peer_member)
     service.store.catch_up()            # the answer says what is stored: stored it is, not on its way
-    want = summary(service, sorted(allowed))
+    want = summary(service, pushable(service, peer_member, sorted(allowed)))
     return pack({"accepted": len(result.accepted) + result.void, "pending": result.pending,
                  "known": result.known, "refused": [reason for _, reason in result.refused][:20],
                  "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"]})

@@ -151,6 +151,21 @@ def test_a_member_removed_from_the_congregation_no_longer_receives_its_crews(tmp
     assert cy.states[cid].members[cy.me].status == "removed"   # Cy's node learns why from the congregation
     # Bea, a member of both, still gets everything of the crew.
     assert crew in protocol.peer_scope(ada, bea.me)
+    # Nor does Cy learn how far the congregation and the crew have come (their vectors and
+    # heads), and Cy's node, given none, pushes nothing of them.
+    asked = protocol.pack(protocol.offer(cy, ada.me))
+    assert set(protocol.unpack(asked)[0]["have"]) == {cid, crew}
+    reply = protocol.unpack(protocol.serve(ada, cy.me, "exchange", asked))[0]
+    assert reply["want"] == {} and reply["want_heads"] == {}
+    assert set(protocol.unpack(protocol.serve(ada, bea.me, "exchange", asked))[0]["want"]) == {cid, crew}
+    pushed = []
+
+    def remote(name, body):
+        pushed.append(name)
+        return protocol.serve(ada, cy.me, name, body)
+
+    assert protocol.run_exchange(lambda fn, *a: fn(cy, *a), ada.me, remote) == (0, 0)
+    assert "push" not in pushed
 
 
 def test_entries_a_peer_pushes_wait_in_that_peer_s_share_of_the_places(tmp_path, monkeypatch):
