@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from . import views
-from .docstate import gone_from_congregation
+from .docstate import records_reach
 from .entries import EntryError, decode_entry
 from .errors import Conflict, Forbidden, Invalid, NodeError, NotFound
 from .identity import (IdentityError, check_device_cert, make_device_cert, new_device, raw_private, raw_public,
@@ -142,12 +142,7 @@ def _split(magic: bytes, data: bytes, what: str) -> tuple[bytes, dict, bytes]:
 def readable_docs(states: dict, member: str) -> list[str]:
     """Documents `member` may read: those they are an active member of, save crews of a
     congregation they are gone from (as sync decides)."""
-    out = []
-    for doc, state in states.items():
-        found = state.members.get(member)
-        if found is not None and found.status == "active" and not gone_from_congregation(states, state, member):
-            out.append(doc)
-    return out
+    return [doc for doc, state in states.items() if records_reach(states, state, member)]
 
 
 def raw_entries(store, docs=None) -> list[bytes]:

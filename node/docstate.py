@@ -187,6 +187,13 @@ def gone_from_congregation(states: dict, crew: "DocState", member: str) -> bool:
     return found is not None and found.status != "active"
 
 
+def records_reach(states: dict, state: "DocState", member: str) -> bool:
+    """Whether a document's records go to `member`: an active member of it, and for a crew
+    not gone from its congregation."""
+    found = state.members.get(member)
+    return found is not None and found.status == "active" and not gone_from_congregation(states, state, member)
+
+
 class DocState:
     """Everything known about one document, built from its accepted entries."""
 

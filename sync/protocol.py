@@ -12,7 +12,7 @@ import json
 import struct
 from contextlib import nullcontext
 
-from node.docstate import gone_from_congregation
+from node.docstate import records_reach
 from node.entries import CheckedBatch, check_batch
 from node.ids import is_key_id
 
@@ -113,7 +113,7 @@ def peer_scope(service, peer_member: str) -> dict[str, int | None]:
                 out[doc] = limit
             continue
         if member.status == "active":
-            if not gone_from_congregation(service.states, state, peer_member):
+            if records_reach(service.states, state, peer_member):
                 out[doc] = None
             continue
         exits = [x for x in state.exits.get(peer_member, ()) if x.kind != "retired"]
@@ -283,13 +283,9 @@ def pushable(service, peer_member: str, docs) -> list[str]:
     learns nothing more. Receiving is safe from anyone (every entry is checked on its own
     signature and author), and a document I do not know the peer in may be one whose news of
     its admission it carries."""
-    out = []
-    for doc in docs:
-        state = service.states.get(doc)
-        member = state.members.get(peer_member) if state is not None else None
-        if member is None or (member.status == "active" and not gone_from_congregation(service.states, state, peer_member)):
-            out.append(doc)
-    return out
+    states = service.states
+    return [doc for doc in docs if doc not in states or peer_member not in states[doc].members
+            or records_reach(states, states[doc], peer_member)]
 
 
 def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
