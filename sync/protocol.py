@@ -378,7 +378,6 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
     want_forks: dict | None = None
     after: dict = {}
     asked = 0
-
     fetched = 0                                         # entries fetched in this round
 
     def fetch(request: dict) -> tuple[dict, list[bytes]]:
