@@ -86,7 +86,7 @@ class Others:
             result = self.service.ledger.ingest(self.batch)
             if result.refused or result.pending:
                 raise RuntimeError(f"bench entries not accepted: {result.as_dict()}")
-            self.service.changed(result.accepted)
+            self.service.changed(result.taken)
             self.batch = []
 
 

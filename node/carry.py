@@ -384,7 +384,7 @@ def restore(data: bytes, passphrase: str, home: Path, service_factory) -> dict:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"member": identity.person_id, "device": identity.device_id, "entries": len(result.accepted),
+    return {"member": identity.person_id, "device": identity.device_id, "entries": result.accepted_count,
             "documents": len(announced), "previous_device": meta.get("device")}
 
 

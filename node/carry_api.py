@@ -33,7 +33,7 @@ def node():
 def _import(data: bytes) -> dict:
     def work(service):
         result = carry.import_bundle(service.ledger, service.identity, data)
-        service.changed(result.accepted)
+        service.changed(result.taken)
         return result.as_dict()
     return node().call(work)
 

@@ -16,19 +16,24 @@ def order_key(entry) -> tuple:
     return (entry.at, entry.hash)
 
 
-def apply_content(ydoc: Doc, update: bytes) -> None:
-    """Apply one pycrdt update to a document's content.
+def apply_content(ydoc: Doc, updates) -> None:
+    """Apply pycrdt updates (an iterable of them) to a document's content; empty ones are none.
 
     Inside a transaction already open on `ydoc` (the ledger opens one per document for a whole
-    batch), the update goes straight to that transaction: pycrdt's own `apply_update` opens and
+    batch), the updates go straight to that transaction: pycrdt's own `apply_update` opens and
     closes a nested Python-level transaction for each update, which costs as much as applying it.
     """
     txn = getattr(ydoc, "_txn", None)                 # pycrdt 0.14: the open Transaction, if any
     low = getattr(txn, "_txn", None)
     if low is None:
-        ydoc.apply_update(update)
+        for update in updates:
+            if update:
+                ydoc.apply_update(update)
         return
-    ydoc._doc.apply_update(low, update)
+    apply = ydoc._doc.apply_update
+    for update in updates:
+        if update:
+            apply(low, update)
 
 
 @dataclass
@@ -235,6 +240,16 @@ class DocState:
 
     # -- folding ---------------------------------------------------------------------------
 
+    def apply_run(self, run, author: str) -> None:
+        """Fold a run of content-only entries (batches.ContentRun) by `author`, as `apply` would
+        each of them."""
+        self.count += len(run.hashes)
+        self.latest_at = max(self.latest_at, max(run.ats))
+        if run.last_seq > self.vector.get(run.device, 0):
+            self.vector[run.device] = run.last_seq
+        self.devices[run.device] = author
+        apply_content(self.ydoc, run.bodies)
+
     def apply(self, entry, author: str) -> None:
         """Fold one accepted entry into the state."""
         op = entry.op
@@ -247,7 +262,7 @@ class DocState:
             self.vector[device] = entry.seq
         self.devices[device] = author
         if entry.body:
-            apply_content(self.ydoc, entry.body)
+            apply_content(self.ydoc, (entry.body,))
         if kind == "meta":                              # most entries: content only
             return
         key = order_key(entry)

@@ -7,7 +7,6 @@ document's id is the hash of its first entry, so no one can forge another docume
 """
 import hashlib
 import struct
-from operator import attrgetter
 
 import orjson
 
@@ -62,7 +61,12 @@ class Entry:
 
     def signature_holds(self) -> bool:
         """Check this entry's own signature against its device key."""
-        return verify(unb32(self.device), self.sig, SIG_CONTEXT + bytes.fromhex(self.hash))
+        return signature_holds(self.device, self.hash, self.sig)
+
+
+def signature_holds(device: str, entry_hash: str, sig: bytes) -> bool:
+    """Check an entry's signature, given its device id and hash."""
+    return verify(unb32(device), sig, SIG_CONTEXT + bytes.fromhex(entry_hash))
 
 
 def _signed_part(header_bytes: bytes, body: bytes) -> bytes:
@@ -155,64 +159,3 @@ def _is_hash(text: str) -> bool:
         return len(text) == 64 and bytes.fromhex(text).hex() == text
     except ValueError:
         return False
-
-
-class CheckedBatch:
-    """Received entries decoded and signature-checked (`check_batch`), ready for Ledger.ingest."""
-
-    def __init__(self, entries: list[Entry], refused: list[tuple], unsigned: list[Entry] = ()):
-        self.entries = entries
-        self.refused = refused            # (hash or None, reason)
-        # Refused as their signature does not hold: a later entry of their log may still vouch
-        # for them (Ledger.ingest looks among the entries waiting for them).
-        self.unsigned = list(unsigned)
-
-
-def check_batch(raws: list[bytes]) -> CheckedBatch:
-    """Decode and check the signatures of a batch of received entries.
-
-    Needs nothing but the bytes, so it may run on any thread (the listener's, for a push).
-    """
-    entries, refused = [], []
-    for raw in raws:
-        try:
-            entries.append(decode_entry(raw))
-        except EntryError as exc:
-            refused.append((None, str(exc)))
-    unsigned = unsigned_among(entries)
-    if not unsigned:
-        return CheckedBatch(entries, refused)
-    refused += [(e.hash, "signature does not hold") for e in entries if e.hash in unsigned]
-    return CheckedBatch([e for e in entries if e.hash not in unsigned], refused,
-                        [e for e in entries if e.hash in unsigned])
-
-
-_SEQ = attrgetter("seq")
-
-
-def unsigned_among(entries: list[Entry]) -> set[str]:
-    """Hashes of the entries whose signature does not hold, verifying one signature per
-    hash-chained run.
-
-    Each entry's hash covers its `prev`, so the signature of a run's last entry vouches for
-    every entry before it in the run; only a run whose last signature fails is checked one by
-    one, to find which entries are bad.
-    """
-    bad: set[str] = set()
-    by_log: dict[tuple, list[Entry]] = {}
-    for entry in entries:
-        by_log.setdefault((entry.doc, entry.device), []).append(entry)
-    for log in by_log.values():
-        log.sort(key=_SEQ)
-        start = 0
-        for i in range(1, len(log)):
-            if log[i].seq != log[i - 1].seq + 1 or log[i].prev != log[i - 1].hash:
-                _check_run(log[start:i], bad)
-                start = i
-        _check_run(log[start:], bad)
-    return bad
-
-
-def _check_run(run: list[Entry], bad: set[str]) -> None:
-    if not run[-1].signature_holds():
-        bad.update(entry.hash for entry in run if not entry.signature_holds())

@@ -16,12 +16,14 @@ import gc
 from collections import Counter, defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 from . import snapshots
+from .batches import CheckedBatch, ContentRun, check_batch
 from .docstate import DocState, membership_event, order_key
-from .entries import CheckedBatch, EntryError, check_batch, decode_entry
+from .entries import EntryError, decode_entry
 from .ids import now_ms
+from .packed_rows import SharedRows
 from .rules import Pending, Refused, Void, check_genesis, check_op
 
 # Entries waiting for what they depend on, at most: every batch of their documents tries them
@@ -39,7 +41,11 @@ PARADOX = "it would make an earlier leaving, removal or readmission not count, a
 MEMBERSHIP_OPS = {"leave", "cut", "retire_device"}
 _TIME_ORDER = attrgetter("at", "seq")
 _IS_GENESIS = attrgetter("is_genesis")
-_DOC_OF_ROW = itemgetter(1)
+
+
+def _entries_in(item) -> int:
+    """How many entries a decided item or a row stands for: a ContentRun or SharedRows, many."""
+    return len(item.hashes) if type(item) in (ContentRun, SharedRows) else 1
 
 
 def _without_cyclic_gc(method):
@@ -63,14 +69,24 @@ def _without_cyclic_gc(method):
 class IngestResult:
     """What became of a batch of entries."""
 
-    accepted: list = field(default_factory=list)
+    taken: list = field(default_factory=list)        # accepted entries and ContentRuns, in order
     void: int = 0
     pending: int = 0
     known: int = 0
     refused: list = field(default_factory=list)      # (hash or None, reason)
 
+    @property
+    def accepted(self) -> list:
+        """The accepted entries, each on its own (runs decoded)."""
+        return [e for item in self.taken for e in (item.entries() if type(item) is ContentRun else (item,))]
+
+    @property
+    def accepted_count(self) -> int:
+        """How many entries were accepted."""
+        return sum(len(item) if type(item) is ContentRun else 1 for item in self.taken)
+
     def as_dict(self) -> dict:
-        return {"accepted": len(self.accepted), "void": self.void, "pending": self.pending, "known": self.known,
+        return {"accepted": self.accepted_count, "void": self.void, "pending": self.pending, "known": self.known,
                 "refused": [{"entry": h, "reason": r} for h, r in self.refused]}
 
 
@@ -93,6 +109,7 @@ class Ledger:
         self._facts_at: dict[str, int] = {}               # doc -> its entry count when its facts were saved
         self._facts_due: set[str] = set()                # docs whose facts wait for a quiet moment
         self._batch: dict[tuple, list] = {}              # (doc, device, seq) -> hashes held in this batch
+        self._batch_runs: dict[tuple, list] = {}         # (doc, device) -> ContentRuns held in this batch
         self._held: set[str] = set()                     # candidates of this batch held already
         # The entries waiting in `pending`, decoded, kept here as well (doc -> {hash: entry}):
         # a batch tries them again without asking the store, so taking in a batch need not wait
@@ -183,7 +200,7 @@ class Ledger:
     @_without_cyclic_gc
     def ingest(self, raws, allowed_docs=None, retry_docs=(), sender: str | None = None) -> IngestResult:
         """Check and store a batch of received entries (raw bytes, or a CheckedBatch made by
-        entries.check_batch); retry what waited on them.
+        batches.check_batch); retry what waited on them.
 
         With `allowed_docs`, entries of any other document are refused: a peer may only send
         what was asked of it. Entries waiting in the documents of `retry_docs` are retried too.
@@ -194,13 +211,23 @@ class Ledger:
         vouched = self._vouched_for(checked.unsigned)
         result = IngestResult(refused=[r for r in checked.refused if r[0] not in vouched])
         decoded = checked.entries + list(vouched.values())
+        runs = []
+        for run in checked.runs:
+            # A run that may hold entries held already, or that starts with one waiting here
+            # (which must stay a candidate of its own), is taken entry by entry.
+            if self._may_be_stored(run.doc, run.device, run.seq) or run.hash in self._waiting.get(run.doc, ()):
+                decoded += run.entries()
+            else:
+                runs.append(run)
         if allowed_docs is not None:
-            for entry in decoded:
-                if entry.doc not in allowed_docs:
-                    result.refused.append((entry.hash, "this document was not part of the exchange"))
+            for item in decoded + runs:
+                if item.doc not in allowed_docs:
+                    result.refused += [(h, "this document was not part of the exchange")
+                                       for h in (item.hashes if type(item) is ContentRun else (item.hash,))]
             decoded = [e for e in decoded if e.doc in allowed_docs]
+            runs = [r for r in runs if r.doc in allowed_docs]
         held = self._held_among(decoded)
-        fresh = {}
+        fresh = {run.hash: run for run in runs}
         for entry in decoded:
             if entry.hash in fresh or entry.hash in held:
                 result.known += 1
@@ -222,10 +249,10 @@ class Ledger:
                     transactions.enter_context(self.states[doc].ydoc.transaction())
             # (Fresh entries are not held: only the waiting ones may have been meanwhile.)
             decided, reasons, recompute = self._settle(candidates, result, held=self._held_among(waiting.values()))
-        result.pending = sum(1 for h in reasons if h in fresh)
+        result.pending = sum(1 for h in reasons if h not in waiting)
         # Received entries are still held by whoever sent them: no fsync of their own (Store.atomic).
         self._commit(decided, reasons, candidates, set(waiting), durable=False, sender=sender)
-        result.accepted = [e for e, _, why in decided if why is None]
+        result.taken = [e for e, _, why in decided if why is None]
         result.void = sum(1 for _, _, why in decided if why is not None)
         for doc in recompute:
             self.recompute(doc)
@@ -234,7 +261,7 @@ class Ledger:
     def _vouched_for(self, unsigned: list) -> dict:
         """Those of `unsigned` (entries whose own signature does not hold) that a waiting entry
         names as the one before it in its log, by hash: its signature, checked when it came,
-        vouches for them, as the last signature of a run does for the run (entries.unsigned_among).
+        vouches for them, as the last signature of a run does for the run (batches.unsigned_among).
 
         Else an entry held on a later entry's word would be refused by a node that got it in
         another batch than that later entry, and nodes would hold different entries for good.
@@ -279,13 +306,25 @@ class Ledger:
         decided: list[tuple] = []
         reasons: dict[str, str] = {}
         recompute: set[str] = set()
-        self._batch = {}
+        self._batch, self._batch_runs = {}, {}
         self._held = self._held_among(candidates.values()) if held is None else held
         progress = True
         while remaining and progress:
             progress = False
             still = []
-            for entry in remaining:
+            todo = remaining[::-1]                         # a stack: a run that cannot be taken whole
+            while todo:                                    # is taken apart, its entries next
+                entry = todo.pop()
+                if type(entry) is ContentRun:
+                    author = self._take_run(entry)
+                    if author is not None:
+                        decided.append((entry, author, None))
+                        progress = True
+                    else:
+                        apart = entry.entries()
+                        candidates.update((e.hash, e) for e in apart)
+                        todo += reversed(apart)
+                    continue
                 if entry.cert is None and entry.op["t"] == "meta":
                     author = self._take_content(entry)
                     if author is not None:
@@ -320,7 +359,7 @@ class Ledger:
                     recompute.add(entry.doc)
                 progress = True
             remaining = still
-        self._batch, self._held = {}, set()
+        self._batch, self._batch_runs, self._held = {}, {}, set()
         return decided, {e.hash: reasons[e.hash] for e in remaining}, recompute
 
     def _take_content(self, entry) -> str | None:
@@ -328,17 +367,34 @@ class Ledger:
         only, the next entry of its device's kept branch, by a member, in a document with no
         exits or void entries in play (as `_decide` would, for most entries of a long history,
         at a fraction of the cost). None: decide it the long way."""
+        author = self._next_by_member(entry)
+        if author is not None:
+            self._hold(entry, author, None)
+        return author
+
+    def _take_run(self, run: ContentRun) -> str | None:
+        """Hold at once a run of content-only entries (batches.ContentRun), and return its
+        author: as `_take_content` would each of its entries in turn. None: take it apart."""
+        author = self._next_by_member(run)
+        if author is None:
+            return None
+        self._held.update(run.hashes)
+        self._batch_runs.setdefault((run.doc, run.device), []).append(run)
+        self.heads[(run.doc, run.device)] = (run.last_seq, run.hashes[-1])
+        self.devices[run.device] = author
+        self.states[run.doc].apply_run(run, author)
+        return author
+
+    def _next_by_member(self, entry) -> str | None:
+        """The author of an entry (or run) that is next on its device's kept branch, by a member,
+        in a document with no exits or void entries in play; else None."""
         state = self.states.get(entry.doc)
-        key = (entry.doc, entry.device)
-        head = self.heads.get(key)
+        head = self.heads.get((entry.doc, entry.device))
         if state is None or head is None or entry.seq != head[0] + 1 or entry.prev != head[1] \
                 or state.effective_exits or state.void_ids or entry.hash in self._held:
             return None
         author = self.devices.get(entry.device)
-        if author is None or author not in state.members:
-            return None
-        self._hold(entry, author, None)
-        return author
+        return author if author is not None and author in state.members else None
 
     def _may_be_stored(self, doc: str, device: str, seq: int) -> bool:
         """False where no entry can be stored: past the end of the device's kept branch, in a
@@ -357,7 +413,8 @@ class Ledger:
         return {dev: head for (d, dev), head in self.heads.items() if d == doc}
 
     def _held_at(self, doc: str, device: str, seq: int) -> list[str]:
-        in_batch = self._batch.get((doc, device, seq), [])
+        in_batch = self._batch.get((doc, device, seq), []) + [
+            run.hashes[seq - run.seq] for run in self._batch_runs.get((doc, device), ()) if run.seq <= seq <= run.last_seq]
         if not self._may_be_stored(doc, device, seq):
             return in_batch
         return self.store.hashes_at(doc, device, seq) + in_batch
@@ -451,8 +508,10 @@ class Ledger:
         Not `durable` (received entries): finished on the store's writer thread while this
         thread goes on (Store.write_behind); everything it writes is made here first.
         """
-        rows = [(e.hash, e.doc, e.device, e.seq, author, e.at, e.op["t"], e.raw,
-                 "accepted" if why is None else "void", why) for e, author, why in decided]
+        rows = [SharedRows(e.doc, e.device, author, "meta", "accepted", None, e.hashes, e.seq, e.ats, e.raws)
+                if type(e) is ContentRun else
+                (e.hash, e.doc, e.device, e.seq, author, e.at, e.op["t"], e.raw, "accepted" if why is None else "void", why)
+                for e, author, why in decided]
         done = [h for h in was_pending if h not in reasons]
         for h in done:
             self._stop_waiting(candidates[h])
@@ -461,12 +520,12 @@ class Ledger:
             if h not in was_pending and self._room_to_wait(candidates[h], sender):
                 self._wait(candidates[h], sender)
                 newly_waiting.append((h, candidates[h].doc, candidates[h].raw, reason, now_ms(), sender))
-        for doc, count in Counter(map(_DOC_OF_ROW, rows)).items():
-            self._since_snapshot[doc] = self._since_snapshot.get(doc, 0) + count
+        for e, _, _ in decided:
+            self._since_snapshot[e.doc] = self._since_snapshot.get(e.doc, 0) + _entries_in(e)
         due = [doc for doc, count in self._since_snapshot.items() if count >= SNAPSHOT_EVERY]
         # The snapshots are as of this batch's last row. Received batches learn its rowid on the
         # writer thread, once the rows are in (`upto` None: facts are not saved with them).
-        upto = self.store.max_rowid() + len(rows) if due and durable else None
+        upto = self.store.max_rowid() + sum(map(_entries_in, rows)) if due and durable else None
         snaps = [self._snapshot_row(doc, upto, facts="due" if durable else "later") for doc in due]
 
         def write_rest(store) -> None:

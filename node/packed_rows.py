@@ -14,6 +14,7 @@ without the GIL. (Parsing a JSON text of the rows instead costs SQLite about twi
 - raw: the entries' bytes, one after another.
 """
 from itertools import accumulate
+from typing import NamedTuple
 
 _ID = 64
 _WIDE = 19                       # seq, time, positions in the raw blob
@@ -25,6 +26,37 @@ _FIELDS = (("hash", _ID), ("ids", _NARROW), ("seq", _WIDE), ("at", _WIDE), ("lab
            ("raw_start", _WIDE), ("raw_length", _WIDE))
 RECORD = sum(width for _, width in _FIELDS)
 _AT = dict(zip((name for name, _ in _FIELDS), accumulate((width for _, width in _FIELDS), initial=1)))
+
+
+class SharedRows(NamedTuple):
+    """Rows of entries that follow one another in one device's log of one document and share
+    author, kind, status and reason (a ContentRun's), without a tuple for each."""
+
+    doc: str
+    device: str
+    author: str
+    kind: str
+    status: str
+    reason: str | None
+    hashes: list
+    first_seq: int
+    ats: list
+    raws: list
+
+    def each(self):
+        """Each row, as a tuple (hash, doc, device, seq, author, at, kind, raw, status, reason)."""
+        for i, (entry_hash, at, raw) in enumerate(zip(self.hashes, self.ats, self.raws)):
+            yield (entry_hash, self.doc, self.device, self.first_seq + i, self.author, at, self.kind, raw,
+                   self.status, self.reason)
+
+
+def each_row(rows: list):
+    """Every row of `rows` (tuples, or SharedRows), as a tuple."""
+    for row in rows:
+        if type(row) is SharedRows:
+            yield from row.each()
+        else:
+            yield row
 
 
 def _read(field: str) -> str:
@@ -59,7 +91,7 @@ def insert_sql(table: str, columns: tuple) -> str:
 
 def pack_rows(rows: list[tuple]) -> dict:
     """The parameters of `insert_sql` for rows (hash, doc, device, seq, author, at, kind, raw,
-    status, reason); raises ValueError for a row that does not fit the layout."""
+    status, reason), or SharedRows; raises ValueError for a row that does not fit the layout."""
     records, pieces, raws = [], [], []
     starts: dict[tuple, int] = {}            # (doc, device, author) or (kind, status, reason) -> piece
     piece_end, raw_end = 1, 1
@@ -72,18 +104,27 @@ def pack_rows(rows: list[tuple]) -> dict:
         piece_end += len(data)
         return start
 
-    for hash_, doc, device, seq, author, at, kind, raw, status, reason in rows:
-        if not (0 <= seq <= MAX_NUMBER and 0 <= at <= MAX_NUMBER):
-            raise ValueError(f"entry {hash_} has a number too large to store")
-        ids = starts.get((doc, device, author)) or piece((doc, device, author), _ids_piece(doc, device, author))
-        label = starts.get((kind, status, reason)) or piece((kind, status, reason), _label_piece(kind, status, reason))
-        # (numbers offset to a fixed width: formatting with a width costs more)
-        records.append(_RECORD % (hash_, narrow + ids, wide + seq, wide + at, narrow + label,
-                                  wide + raw_end, wide + len(raw)))
-        raws.append(raw)
-        raw_end += len(raw)
+    for row in rows:
+        if type(row) is SharedRows:
+            doc, device, author, kind, status, reason, hashes, seq, ats, row_raws = row
+            if not (0 <= seq and seq + len(hashes) - 1 <= MAX_NUMBER and 0 <= min(ats) and max(ats) <= MAX_NUMBER):
+                raise ValueError(f"entry {hashes[0]} or after has a number too large to store")
+        else:
+            hash_, doc, device, seq, author, at, kind, raw, status, reason = row
+            if not (0 <= seq <= MAX_NUMBER and 0 <= at <= MAX_NUMBER):
+                raise ValueError(f"entry {hash_} has a number too large to store")
+            hashes, ats, row_raws = (hash_,), (at,), (raw,)
+        ids = narrow + (starts.get((doc, device, author)) or piece((doc, device, author), _ids_piece(doc, device, author)))
+        label = narrow + (starts.get((kind, status, reason)) or piece((kind, status, reason), _label_piece(kind, status, reason)))
+        seq += wide
+        for hash_, at, raw in zip(hashes, ats, row_raws):
+            # (numbers offset to a fixed width: formatting with a width costs more)
+            records.append(_RECORD % (hash_, ids, seq, wide + at, label, wide + raw_end, wide + len(raw)))
+            seq += 1
+            raw_end += len(raw)
+        raws += row_raws
     packed = "".join(records).encode()       # ASCII: unless a hash is not, and the check fails
-    if len(packed) != RECORD * len(rows):     # a hash of another length would shift every record
+    if len(packed) != RECORD * len(records):  # a hash of another length would shift every record
         raise ValueError("an entry's hash does not fit a packed row")
     return {"records": packed, "pieces": b"".join(pieces), "raw": b"".join(raws)}
 

@@ -178,8 +178,8 @@ def _name(entry, author, state):
 
 
 def _meta(entry, author, state):
-    # Nothing to check. The ledger holds most of these by a short path that does not come here
-    # (Ledger._take_content): a rule added here must be added there too.
+    # Nothing to check. The ledger holds most of these by short paths that do not come here
+    # (Ledger._take_content, Ledger._take_run): a rule added here must be added there too.
     pass
 
 

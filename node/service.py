@@ -87,8 +87,8 @@ class Service:
         self.ledger.save_facts_due()
 
     def changed(self, entries) -> None:
-        """Tell listeners (live page, sync push) that entries were accepted, and carry out any
-        removal that has just been agreed."""
+        """Tell listeners (live page, sync push) that entries were accepted (Entry objects, or
+        batches.ContentRun for several), and carry out any removal that has just been agreed."""
         if not entries:
             return
         self.revision += 1

@@ -152,10 +152,11 @@ class Store:
     # -- entries ---------------------------------------------------------------------------
 
     def insert_entries(self, rows: list[tuple]) -> None:
-        """Insert held entries: (hash, doc, device, seq, author, at, kind, raw, status, reason)."""
+        """Insert held entries: (hash, doc, device, seq, author, at, kind, raw, status, reason),
+        or packed_rows.SharedRows."""
         self.db.conn.executemany(
             f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})",
-            rows)
+            packed_rows.each_row(rows))
 
     def set_statuses(self, verdicts: dict) -> None:
         """Record, after a recompute, which held entries count: {hash: None or why not}."""

@@ -13,7 +13,7 @@ import struct
 from contextlib import nullcontext
 
 from node.docstate import records_reach
-from node.entries import CheckedBatch, check_batch
+from node.batches import CheckedBatch, check_batch
 from node.ids import is_key_id
 
 from .readahead import ReadAhead, serial_batches
@@ -309,7 +309,7 @@ def take_entries(service, entries, allowed_docs=None, sender: str | None = None)
     """Ingest entries from a peer, `sender` (raw, or a CheckedBatch) and tell listeners; returns
     the IngestResult."""
     result = service.ledger.ingest(entries, allowed_docs, sender=sender)
-    service.changed(result.accepted)
+    service.changed(result.taken)
     return result
 
 
@@ -322,13 +322,13 @@ def receive_push(service, peer_member: str, meta: dict, entries) -> bytes:
     result = take_entries(service, entries, allowed, peer_member)
     service.store.catch_up()            # the answer says what is stored: stored it is, not on its way
     want = summary(service, pushable(service, peer_member, sorted(allowed)))
-    return pack({"accepted": len(result.accepted) + result.void, "pending": result.pending,
+    return pack({"accepted": result.accepted_count + result.void, "pending": result.pending,
                  "known": result.known, "refused": [reason for _, reason in result.refused][:20],
                  "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"]})
 
 
 def read_message(body: bytes) -> tuple[dict, CheckedBatch]:
-    """Split a message and check the entries it carries (entries.check_batch). Needs no node:
+    """Split a message and check the entries it carries (batches.check_batch). Needs no node:
     the listener's or the sync client's thread does it, and the node's thread gets entries
     ready to take in."""
     meta, entries = unpack(body)
@@ -411,8 +411,8 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
                 after = check_after(reply_meta.get("after"))
                 more = bool(reply_meta.get("more"))
                 result = run(take_entries, entries, None, peer_member)
-                received += len(result.accepted) + result.void
-                progress = bool(result.accepted or result.void)
+                received += result.accepted_count + result.void
+                progress = bool(result.taken or result.void)
         if not (more and progress) or asked >= MAX_ROUNDS:
             break                                       # all sent; or no progress: stop rather than ask again
     for _ in range(MAX_ROUNDS):

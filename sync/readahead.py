@@ -11,7 +11,7 @@ Checks on threads of their own were measured slower than checking and taking in 
 import queue
 import threading
 
-from node.entries import check_batch
+from node.batches import check_batch
 
 AHEAD = 1                  # batches fetched and waiting, beside the one being fetched
 

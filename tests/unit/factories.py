@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pycrdt import Doc, Map
 
 from node.entries import build_entry
 from node.identity import new_device
@@ -49,6 +50,20 @@ class Member:
         entry = build_entry(self.identity, doc, seq, prev, at, op, body, with_cert=with_cert)
         self.heads[doc] = (entry.seq, entry.hash)
         return entry
+
+
+def content_edits(member: Member, doc: str, n: int, ydoc: Doc | None = None) -> list:
+    """n entries of `member` in `doc`, each a real pycrdt edit of the shared content (made in
+    `ydoc`, the member's copy of it; default: a new one)."""
+    ydoc = Doc() if ydoc is None else ydoc
+    meta = ydoc.get("meta", type=Map)
+    out = []
+    for i in range(n):
+        before = ydoc.get_state()
+        with ydoc.transaction():
+            meta[f"note-{member.name}"] = f"edit {i} " + "x" * 40
+        out.append(member.write(doc, {"t": "meta"}, ydoc.get_update(before)))
+    return out
 
 
 def service(root: Path, name: str) -> Service:

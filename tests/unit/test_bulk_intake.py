@@ -8,13 +8,13 @@ import sqlite3
 import time
 
 import pytest
-from pycrdt import Doc, Map
 
-from factories import Member, admit, service
+from factories import Member, admit, content_edits, service
 from node.ids import now_ms
 from node.entries import MAX_NUMBER
 from node.errors import StorageFailed
 from node.ledger import SNAPSHOT_EVERY
+from node.packed_rows import SharedRows, each_row
 from node.service import CLOCK_SKEW_MS
 from node.store import Store
 from node import worker
@@ -23,19 +23,6 @@ from support import wait_for
 from sync import protocol
 
 WAIT = 15
-
-
-def content_edits(member: Member, doc: str, n: int) -> list:
-    """n entries of `member` in `doc`, each a real pycrdt edit of the shared content."""
-    ydoc = Doc()
-    meta = ydoc.get("meta", type=Map)
-    out = []
-    for i in range(n):
-        before = ydoc.get_state()
-        with ydoc.transaction():
-            meta[f"note-{member.name}"] = f"edit {i} " + "x" * 40
-        out.append(member.write(doc, {"t": "meta"}, ydoc.get_update(before)))
-    return out
 
 
 @pytest.fixture
@@ -57,6 +44,23 @@ def test_received_entries_are_readable_at_once_though_written_behind(ada):
     assert ada.store.vector(cid)[mo.identity.device_id] == 50
 
 
+def stored_both_ways(folder, rows) -> list:
+    """The rows of the entries table (rowid first) after writing `rows` behind (packed), which
+    must be those of a plain INSERT of the same rows."""
+    behind, plain = Store(folder / "behind.db"), Store(folder / "plain.db")
+    try:
+        behind.write_behind(rows)
+        with plain.atomic():
+            plain.insert_entries(rows)
+        read = "SELECT rowid, * FROM entries ORDER BY rowid"
+        stored = behind.db.execute(read).fetchall()
+        assert stored == plain.db.execute(read).fetchall()
+        return stored
+    finally:
+        behind.close()
+        plain.close()
+
+
 def test_rows_written_behind_are_stored_exactly_as_given(tmp_path):
     # The packed layout (node.packed_rows) against the plain INSERT: every column, texts that
     # are not ASCII, a void row with its reason, ids of other lengths, the largest numbers.
@@ -65,18 +69,16 @@ def test_rows_written_behind_are_stored_exactly_as_given(tmp_path):
              "void" if i % 7 == 0 else "accepted", f"forked log: ünï {i}" if i % 7 == 0 else None)
             for i in range(500)]
     rows.append(("f" * 64, "e" * 64, "x", MAX_NUMBER, "y" * 64, MAX_NUMBER, "meta", b"\0" * 80, "accepted", None))
-    behind, plain = Store(tmp_path / "behind.db"), Store(tmp_path / "plain.db")
-    try:
-        behind.write_behind(rows)
-        with plain.atomic():
-            plain.insert_entries(rows)
-        read = "SELECT rowid, * FROM entries ORDER BY rowid"
-        stored = behind.db.execute(read).fetchall()
-        assert stored == plain.db.execute(read).fetchall()
-        assert [r[1:] for r in stored] == rows
-    finally:
-        behind.close()
-        plain.close()
+    assert [r[1:] for r in stored_both_ways(tmp_path, rows)] == rows
+
+
+def test_shared_rows_are_stored_as_their_rows_one_by_one(tmp_path):
+    shared = SharedRows("d" * 64, "v" * 52, "a" * 52, "meta", "accepted", None,
+                        [f"{i:064x}" for i in range(5)], 7, [100 + i for i in range(5)], [bytes([i]) * 80 for i in range(5)])
+    rows = [("f" * 64, "d" * 64, "v" * 52, 6, "a" * 52, 99, "name", b"n" * 90, "accepted", None), shared,
+            ("e" * 64, "d" * 64, "w" * 52, 1, "b" * 52, 1, "meta", b"m" * 75, "void", "forked")]
+    assert [row[3] for row in each_row(rows)] == [6, 7, 8, 9, 10, 11, 1]
+    assert [r[1:] for r in stored_both_ways(tmp_path, rows)] == list(each_row(rows))
 
 
 def test_a_row_that_does_not_fit_the_packed_layout_is_refused_before_anything_is_written(tmp_path):

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import Member
-from node.entries import MAX_BODY, MAX_ENTRY, MAX_HEADER, EntryError, build_entry, decode_entry, unsigned_among
+from node.batches import unsigned_among
+from node.entries import MAX_BODY, MAX_ENTRY, MAX_HEADER, EntryError, build_entry, decode_entry
 from node.identity import Identity, make_device_cert, new_device, raw_public
 from node.ids import canonical_json, is_key_id, unb32
 
