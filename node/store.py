@@ -40,6 +40,10 @@ class Store:
         # Called (on the thread that finds out) when a write behind failed: whoever holds in
         # memory what it was writing must forget it.
         self.on_lost_writes = None
+        # 16 KiB pages (SQLite's default is 4 KiB): inserting a received batch touches fewer
+        # pages of the entries' indexes, about a fifth less work for the writer. Takes effect
+        # only in a new file (before its first table); an older file keeps its pages.
+        self.db.execute("PRAGMA page_size=16384")
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=FULL")
         # 32 MiB of page cache (the default is 2 MiB): the entries' indexes of a long history

@@ -81,6 +81,25 @@ def test_shared_rows_are_stored_as_their_rows_one_by_one(tmp_path):
     assert [r[1:] for r in stored_both_ways(tmp_path, rows)] == list(each_row(rows))
 
 
+def test_a_new_store_has_large_pages_and_an_older_file_keeps_its_own(tmp_path):
+    new = Store(tmp_path / "new.db")
+    try:
+        assert new.db.execute("PRAGMA page_size").fetchone()[0] == 16384
+    finally:
+        new.close()
+    older = sqlite3.connect(tmp_path / "older.db")
+    older.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)")   # a file made before
+    older.close()
+    rows = [("a" * 64, "d" * 64, "v" * 52, 1, "a" * 52, 1, "meta", b"x" * 80, "accepted", None)]
+    store = Store(tmp_path / "older.db")
+    try:
+        store.write_behind(rows)
+        assert store.db.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert store.held_among(["a" * 64]) == {"a" * 64}
+    finally:
+        store.close()
+
+
 def test_a_row_that_does_not_fit_the_packed_layout_is_refused_before_anything_is_written(tmp_path):
     store = Store(tmp_path / "crewnode.db")
     try:
