@@ -312,18 +312,16 @@ class Ledger:
         while remaining and progress:
             progress = False
             still = []
-            todo = remaining[::-1]                         # a stack: a run that cannot be taken whole
-            while todo:                                    # is taken apart, its entries next
-                entry = todo.pop()
+            for entry in remaining:
                 if type(entry) is ContentRun:
                     author = self._take_run(entry)
                     if author is not None:
                         decided.append((entry, author, None))
-                        progress = True
-                    else:
+                    else:                                  # taken apart: its entries, in the next round
                         apart = entry.entries()
                         candidates.update((e.hash, e) for e in apart)
-                        todo += reversed(apart)
+                        still += apart
+                    progress = True
                     continue
                 if entry.cert is None and entry.op["t"] == "meta":
                     author = self._take_content(entry)
@@ -413,8 +411,10 @@ class Ledger:
         return {dev: head for (d, dev), head in self.heads.items() if d == doc}
 
     def _held_at(self, doc: str, device: str, seq: int) -> list[str]:
-        in_batch = self._batch.get((doc, device, seq), []) + [
-            run.hashes[seq - run.seq] for run in self._batch_runs.get((doc, device), ()) if run.seq <= seq <= run.last_seq]
+        in_batch = self._batch.get((doc, device, seq), [])
+        runs = self._batch_runs.get((doc, device))
+        if runs:
+            in_batch = in_batch + [run.hashes[seq - run.seq] for run in runs if run.seq <= seq <= run.last_seq]
         if not self._may_be_stored(doc, device, seq):
             return in_batch
         return self.store.hashes_at(doc, device, seq) + in_batch
