@@ -50,14 +50,17 @@ class ContentRun:
 
     @property
     def at(self) -> int:
+        """The time of the run's first entry."""
         return self.ats[0]
 
     @property
     def hash(self) -> str:
+        """The hash of the run's first entry."""
         return self.hashes[0]
 
     @property
     def last_seq(self) -> int:
+        """The seq of the run's last entry."""
         return self.seq + len(self.hashes) - 1
 
     def entries(self) -> list[Entry]:
