@@ -24,7 +24,7 @@ from .docstate import DocState, membership_event, order_key
 from .entries import EntryError, decode_entry
 from .ids import now_ms
 from .packed_rows import SharedRows
-from .rules import Pending, Refused, Void, check_genesis, check_op
+from .rules import Pending, Refused, Void, check_genesis, check_op, record_id
 
 # Entries waiting for what they depend on, at most: every batch of their documents tries them
 # again, so the bound is also a bound on what a batch costs. Past it, an entry is not kept: its
@@ -493,9 +493,12 @@ class Ledger:
         state.void[entry.hash] = why
         kind = entry.op.get("t")
         if kind in ("propose", "commit") and why != FORKED:
-            # (An id is bound to its entry's place in the log: a dropped branch's entry shares
-            # it with the kept one at the same seq, which defines it.)
-            state.void_ids.add(entry.op.get("agreement") or entry.op.get("commitment"))
+            # An id is bound to its entry's place in the log, and that place's id is what is
+            # void, whatever id the entry names: a void entry (a former member's, say) naming
+            # a live agreement would otherwise void everything written on it from then on.
+            # (A dropped branch's entry shares its id with the kept one at the same seq, which
+            # defines it.)
+            state.void_ids.add(record_id(entry.doc, entry.device, entry.seq))
         elif kind in ("admit", "add") and isinstance(entry.op.get("member"), str):
             state.void_admitted.add(entry.op["member"])
         elif kind == "invite" and isinstance(entry.op.get("key"), str):

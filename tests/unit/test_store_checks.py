@@ -482,3 +482,36 @@ def test_stranger_cannot_put_a_crew_into_the_congregation(world):
     result = world.ada.ledger.ingest([genesis.raw])
     assert result.accepted == []
     assert world.ada.congregation_view(world.cid) == before
+
+
+@pytest.mark.parametrize("kind, field", [("propose", "agreement"), ("commit", "commitment")])
+def test_a_former_members_void_entry_cannot_void_others_records(world, kind, field):
+    """A member who left may still write; what they write is held as void, and a void record
+    makes what builds on it void. The record it voids is the one its own place in the log
+    defines, not whichever id it claims: else a former member could freeze anyone's agreement
+    or commitment by naming it."""
+    ada, cid, mo = world.ada, world.cid, world.mo
+    bea = Member("Bea")
+    admit(ada, cid, bea.id, "Bea")
+    if kind == "commit":
+        doc = ada.create_crew(cid, "Kitchen", "we cook", [mo.id, bea.id])["id"]
+        record = ada.commit(doc, "Buy rice", None)["id"]
+    else:
+        doc = cid
+        record = ada.propose(cid, "Quiet hours", "")["id"]
+    device = mo.identity.device_id
+    for writer in (mo, bea):
+        writer.last_at = ada.states[doc].latest_at
+        assert ada.ledger.ingest([writer.write(doc, {"t": "name", "name": writer.name}).raw]).refused == []
+    left = mo.write(doc, {"t": "leave", "devices": {device: mo.heads[doc][0] + 1}})
+    claim = mo.write(doc, {"t": kind, field: record, "title": "mine now", "what": "mine now"})
+    assert ada.ledger.ingest([left.raw]).accepted_count == 1
+    result = ada.ledger.ingest([claim.raw])              # (once the leave is in effect)
+    assert (result.accepted_count, result.void, result.refused) == (0, 1, [])
+    if kind == "commit":
+        answer = bea.write(doc, {"t": "status", "commitment": record, "status": "done"})
+    else:
+        version = ada.states[doc].agreements[record].current.hash
+        answer = bea.write(doc, {"t": "respond", "agreement": record, "version": version, "response": "consent"})
+    assert ada.ledger.ingest([answer.raw]).accepted_count == 1
+    assert ada.store.status_of(answer.hash)[0] == "accepted"
