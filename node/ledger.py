@@ -456,8 +456,12 @@ class Ledger:
         if entry.seq != head[0] + 1 or entry.prev != head[1]:
             return author, FORKED, False                # continues a branch that was not kept
         op = entry.op
+        # Recompute where an entry may undo a decision made without it: an admission of someone
+        # whose entries were void for want of one, an invite whose key a void invite named
+        # first (admissions using it were void, waits_on_void), membership events.
         again = op["t"] in MEMBERSHIP_OPS or (op["t"] in ("admit", "add") and (
-            "resume" in op or op.get("member") in state.void_admitted or _before_a_removal(state, entry)))
+            "resume" in op or op.get("member") in state.void_admitted or _before_a_removal(state, entry))) \
+            or (op["t"] == "invite" and op.get("key") in state.void_invites)
         try:
             check_op(entry, author, state)
         except Void as exc:

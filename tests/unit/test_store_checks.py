@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import Member, admit, all_raw, copy_docs, propose_op, service
+from node.ids import b32, now_ms
 from node.entries import MAX_BODY, MAX_ENTRY, build_entry
 from node.identity import Identity, make_device_cert, new_device, raw_public
-from node.service import Service
+from node.rules import invite_message
+from node.service import Service, invite_key
 
 
 @pytest.fixture
@@ -515,3 +517,37 @@ def test_a_former_members_void_entry_cannot_void_others_records(world, kind, fie
         answer = bea.write(doc, {"t": "respond", "agreement": record, "version": version, "response": "consent"})
     assert ada.ledger.ingest([answer.raw]).accepted_count == 1
     assert ada.store.status_of(answer.hash)[0] == "accepted"
+
+
+def test_an_invite_a_former_member_named_first_does_not_void_the_admission_it_serves(world):
+    """A former member's void invite naming a live invite's key reaches a node before that
+    invite, together with an admission that uses it: the admission must not stay void there
+    once the real invite arrives, where every other node counts it."""
+    ada, cid, mo = world.ada, world.cid, world.mo
+    bea, nan = Member("Bea"), Member("Nan")
+    admit(ada, cid, bea.id, "Bea")
+    device = mo.identity.device_id
+    mo.last_at = ada.states[cid].latest_at
+    left = mo.write(cid, {"t": "leave", "devices": {device: 1}})
+    assert ada.ledger.ingest([left.raw]).accepted_count == 1
+    before = ada.store.raw_after(cid, {})                 # Ada's log so far, and Mo's leave
+    secret = invite_key(ada.create_invite(cid)["code"])
+    key = b32(raw_public(secret))
+    invite = ada.store.raw_after(cid, {ada.identity.device_id: ada.ledger.heads[(cid, ada.identity.device_id)][0] - 1})
+    mo.last_at = bea.last_at = ada.states[cid].latest_at
+    void_invite = mo.write(cid, {"t": "invite", "key": key, "expires": now_ms() + 86_400_000, "note": ""})
+    admission = bea.write(cid, {"t": "admit", "member": nan.id, "name": "Nan", "invite": key,
+                                "proof": b32(secret.sign(invite_message(key, nan.id)))})
+    assert ada.ledger.ingest([void_invite.raw, admission.raw]).void == 1
+    assert ada.store.status_of(admission.hash)[0] == "accepted"
+
+    other = service(world.tmp, "Other")
+    try:
+        other.ledger.ingest(before)
+        assert other.ledger.ingest([void_invite.raw]).void == 1          # (once Mo's leave is in effect)
+        other.ledger.ingest([admission.raw])                              # before the invite it uses
+        other.ledger.ingest(invite)
+        assert other.store.status_of(admission.hash)[0] == "accepted"
+        assert other.states[cid].members[nan.id].status == "active"
+    finally:
+        other.close()
