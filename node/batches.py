@@ -67,6 +67,13 @@ class ContentRun:
         """The run's entries, decoded one by one (their signatures were checked with the run)."""
         return [decode_entry(raw) for raw in self.raws]
 
+    def cut(self, keep: int) -> list[Entry]:
+        """Keep the first `keep` entries in the run; return the others, decoded."""
+        rest = [decode_entry(raw) for raw in self.raws[keep:]]
+        for part in (self.hashes, self.ats, self.bodies, self.raws):
+            del part[keep:]
+        return rest
+
 
 class CheckedBatch:
     """Received entries decoded and signature-checked (`check_batch`), ready for Ledger.ingest."""

@@ -7,6 +7,7 @@ operations, so no member can put words in another's mouth; the free-form shared 
 members may all edit (name, purpose) lives in the pycrdt document, where concurrent edits merge.
 """
 from dataclasses import dataclass, field
+from functools import partial
 
 from pycrdt import Doc, Map
 
@@ -16,8 +17,14 @@ def order_key(entry) -> tuple:
     return (entry.at, entry.hash)
 
 
-def apply_content(ydoc: Doc, updates) -> None:
-    """Apply pycrdt updates (an iterable of them) to a document's content; empty ones are none.
+class BadContent(ValueError):
+    """An entry's body that is not a pycrdt update (applying it changed nothing)."""
+
+
+def apply_content(ydoc: Doc, updates) -> int:
+    """Apply pycrdt updates (an iterable of them; empty ones are none) to a document's content,
+    up to the first that is not a pycrdt update, which changes nothing; returns how many were
+    applied.
 
     Inside a transaction already open on `ydoc` (the ledger opens one per document for a whole
     batch), the updates go straight to that transaction: pycrdt's own `apply_update` opens and
@@ -25,15 +32,16 @@ def apply_content(ydoc: Doc, updates) -> None:
     """
     txn = getattr(ydoc, "_txn", None)                 # pycrdt 0.14: the open Transaction, if any
     low = getattr(txn, "_txn", None)
-    if low is None:
-        for update in updates:
-            if update:
-                ydoc.apply_update(update)
-        return
-    apply = ydoc._doc.apply_update
+    apply = ydoc.apply_update if low is None else partial(ydoc._doc.apply_update, low)
+    done = 0
     for update in updates:
         if update:
-            apply(low, update)
+            try:
+                apply(update)
+            except ValueError:                          # pycrdt: "Cannot decode update"
+                return done
+        done += 1
+    return done
 
 
 @dataclass
@@ -240,18 +248,24 @@ class DocState:
 
     # -- folding ---------------------------------------------------------------------------
 
-    def apply_run(self, run, author: str) -> None:
+    def apply_run(self, run, author: str) -> int:
         """Fold a run of content-only entries (batches.ContentRun) by `author`, as `apply` would
-        each of them."""
-        self.count += len(run.hashes)
-        self.latest_at = max(self.latest_at, max(run.ats))
-        if run.last_seq > self.vector.get(run.device, 0):
-            self.vector[run.device] = run.last_seq
-        self.devices[run.device] = author
-        apply_content(self.ydoc, run.bodies)
+        each of them, up to the first whose body is not a pycrdt update; returns how many."""
+        done = apply_content(self.ydoc, run.bodies)
+        if done:
+            self.count += done
+            self.latest_at = max(self.latest_at, max(run.ats[:done]))
+            last = run.seq + done - 1
+            if last > self.vector.get(run.device, 0):
+                self.vector[run.device] = last
+            self.devices[run.device] = author
+        return done
 
     def apply(self, entry, author: str) -> None:
-        """Fold one accepted entry into the state."""
+        """Fold one accepted entry into the state; raises BadContent, changing nothing, when its
+        body is not a pycrdt update."""
+        if entry.body and not apply_content(self.ydoc, (entry.body,)):
+            raise BadContent("its content is not a pycrdt update")
         op = entry.op
         kind = op["t"]
         self.count += 1
@@ -261,8 +275,6 @@ class DocState:
         if entry.seq > self.vector.get(device, 0):
             self.vector[device] = entry.seq
         self.devices[device] = author
-        if entry.body:
-            apply_content(self.ydoc, (entry.body,))
         if kind == "meta":                              # most entries: content only
             return
         key = order_key(entry)

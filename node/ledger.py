@@ -20,7 +20,7 @@ from operator import attrgetter
 
 from . import snapshots
 from .batches import CheckedBatch, ContentRun, check_batch
-from .docstate import DocState, membership_event, order_key
+from .docstate import BadContent, DocState, membership_event, order_key
 from .entries import EntryError, decode_entry
 from .ids import now_ms
 from .packed_rows import SharedRows
@@ -314,24 +314,25 @@ class Ledger:
             still = []
             for entry in remaining:
                 if type(entry) is ContentRun:
-                    author = self._take_run(entry)
+                    author, apart = self._take_run(entry)
                     if author is not None:
                         decided.append((entry, author, None))
-                    else:                                  # taken apart: its entries, in the next round
-                        apart = entry.entries()
+                    if apart:                              # taken apart: its entries, in the next round
                         candidates.update((e.hash, e) for e in apart)
                         still += apart
                     progress = True
                     continue
-                if entry.cert is None and entry.op["t"] == "meta":
-                    author = self._take_content(entry)
-                    if author is not None:
-                        decided.append((entry, author, None))
-                        reasons.pop(entry.hash, None)
-                        progress = True
-                        continue
                 try:
+                    if entry.cert is None and entry.op["t"] == "meta":
+                        author = self._take_content(entry)
+                        if author is not None:
+                            decided.append((entry, author, None))
+                            reasons.pop(entry.hash, None)
+                            progress = True
+                            continue
                     author, why, again = self._decide(entry)
+                    if author is not None:
+                        self._hold(entry, author, why)
                 except Pending as exc:
                     if strict:
                         raise Refused(str(exc)) from None
@@ -350,7 +351,6 @@ class Ledger:
                     result.known += 1
                     reasons.pop(entry.hash, None)
                     continue
-                self._hold(entry, author, why)
                 decided.append((entry, author, why))
                 reasons.pop(entry.hash, None)
                 if again:
@@ -370,18 +370,23 @@ class Ledger:
             self._hold(entry, author, None)
         return author
 
-    def _take_run(self, run: ContentRun) -> str | None:
-        """Hold at once a run of content-only entries (batches.ContentRun), and return its
-        author: as `_take_content` would each of its entries in turn. None: take it apart."""
+    def _take_run(self, run: ContentRun) -> tuple[str | None, list]:
+        """Hold at once a run of content-only entries (batches.ContentRun), as `_take_content`
+        would each of its entries in turn. Returns its author (None: none of it was held) and
+        the entries to take apart: all of them, or those from the first whose body is not a
+        pycrdt update on (the run keeps those before it)."""
         author = self._next_by_member(run)
         if author is None:
-            return None
+            return None, run.entries()
+        taken = self.states[run.doc].apply_run(run, author)
+        apart = run.cut(taken) if taken < len(run) else []
+        if not taken:
+            return None, apart
         self._held.update(run.hashes)
         self._batch_runs.setdefault((run.doc, run.device), []).append(run)
         self.heads[(run.doc, run.device)] = (run.last_seq, run.hashes[-1])
         self.devices[run.device] = author
-        self.states[run.doc].apply_run(run, author)
-        return author
+        return author, apart
 
     def _next_by_member(self, entry) -> str | None:
         """The author of an entry (or run) that is next on its device's kept branch, by a member,
@@ -478,19 +483,25 @@ class Ledger:
         return author, None, again
 
     def _hold(self, entry, author: str, why: str | None) -> None:
-        """Take a decided entry into the state (or note it as void) and onto its device's branch."""
+        """Take a decided entry into the state (or note it as void) and onto its device's branch.
+
+        Raises Refused, holding nothing, for an entry to count whose body is not a pycrdt update.
+        """
+        state = DocState(entry.hash, entry) if entry.is_genesis else self.states[entry.doc]
+        if why is None:
+            try:
+                state.apply(entry, author)
+            except BadContent as exc:
+                raise Refused(str(exc)) from None
+        else:
+            self._note_void(state, entry, why)
         if entry.is_genesis:
-            self.states[entry.hash] = DocState(entry.hash, entry)
-        state = self.states[entry.doc]
+            self.states[entry.hash] = state
         self.devices[entry.device] = author
         self._batch.setdefault((entry.doc, entry.device, entry.seq), []).append(entry.hash)
         self._held.add(entry.hash)
         if why != FORKED:
             self.heads[(entry.doc, entry.device)] = (entry.seq, entry.hash)
-        if why is None:
-            state.apply(entry, author)
-        else:
-            self._note_void(state, entry, why)
 
     @staticmethod
     def _note_void(state: DocState, entry, why: str) -> None:
@@ -758,14 +769,16 @@ def replay(doc: str, genesis, authors: dict, kept: list, applied: set,
                 if entry.hash in banned:
                     raise Void(PARADOX)
                 check_op(entry, author, state)
+                state.apply(entry, author)
             except Pending:
                 still.append(entry)
                 continue
-            except (Void, Refused, TypeError, KeyError, AttributeError) as exc:
+            except (Void, Refused, BadContent, TypeError, KeyError, AttributeError) as exc:
+                # (BadContent: held as void, a body that is not a pycrdt update may come to count
+                # here, as the kept side of a fork; it cannot, and changed nothing.)
                 verdicts[entry.hash] = str(exc)
                 Ledger._note_void(state, entry, str(exc))
             else:
-                state.apply(entry, author)
                 verdicts[entry.hash] = None
             done[entry.device] = entry.seq
             progress = True

@@ -306,6 +306,24 @@ def test_a_run_whose_last_signature_fails_is_checked_entry_by_entry(world):
 
 
 @pytest.mark.usefixtures("no_entry_changes")
+def test_content_that_is_not_a_pycrdt_update_is_refused(world):
+    """Mal's next entry carries a body that is not a pycrdt update, alone, then first in a run
+    of content-only entries: refused with a reason, the one after it waits for it, nothing
+    is stored and the node keeps serving."""
+    mal = world.mal
+    assert mal.heads.get(world.cid), "runs after test_bad_signatures_are_refused, which leaves Mal a log"
+    reason = "its content is not a pycrdt update"
+    alone = mal.write(world.cid, {"t": "meta"}, b"\x01\x02\x03 not an update")
+    first = mal.write(world.cid, {"t": "meta"}, b"\xff" * 30)           # another entry at that place
+    then = build_entry(mal.identity, world.cid, first.seq + 1, first.hash, now_ms(), {"t": "meta"}, b"")
+    with client_for(world.ada, mal.identity) as client:
+        answer = push(client, [world.cid], [alone.raw])
+        assert (answer["accepted"], answer["refused"]) == (0, [reason])
+        answer = push(client, [world.cid], [first.raw, then.raw])
+        assert (answer["accepted"], answer["pending"], answer["refused"]) == (0, 1, [reason])
+
+
+@pytest.mark.usefixtures("no_entry_changes")
 def test_broken_chains_wait_and_change_nothing(world):
     mal = world.mal
     top, last = mal.heads.get(world.cid, (0, ""))

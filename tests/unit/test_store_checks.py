@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import Member, admit, all_raw, copy_docs, propose_op, service
+from factories import Member, admit, all_raw, content_edits, copy_docs, propose_op, service
 from node.ids import b32, now_ms
 from node.entries import MAX_BODY, MAX_ENTRY, build_entry
 from node.identity import Identity, make_device_cert, new_device, raw_public
@@ -551,3 +551,40 @@ def test_an_invite_a_former_member_named_first_does_not_void_the_admission_it_se
         assert other.states[cid].members[nan.id].status == "active"
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("where", ["alone", "in a run"])
+def test_an_entry_whose_content_is_not_a_pycrdt_update_is_refused_and_changes_nothing(world, where):
+    ada, cid, mo = world.ada, world.cid, world.mo
+    assert ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}).raw]).refused == []
+    good = content_edits(mo, cid, 2)
+    bad = mo.write(cid, {"t": "meta"}, b"\x01\x02\x03 not an update")
+    after = content_edits(mo, cid, 2)
+    batches = [[e.raw] for e in good + [bad] + after] if where == "alone" else [[e.raw for e in good + [bad] + after]]
+    results = [ada.ledger.ingest(batch) for batch in batches]
+    assert [reason for r in results for _, reason in r.refused] == ["its content is not a pycrdt update"]
+    assert sum(r.accepted_count for r in results) == 2 and ada.store.pending_count() == 2   # (after it: wait)
+    state = ada.states[cid]
+    assert state.vector[mo.identity.device_id] == 3 == ada.store.vector(cid)[mo.identity.device_id]
+    assert state.count == len(ada.store.raw_after(cid, {}))
+    assert state.meta.to_py()["note-Mo"] == "edit 1 " + "x" * 40
+    assert ada.propose(cid, "Quiet hours", "")["id"] in ada.states[cid].agreements     # and the node goes on
+
+
+def test_a_fork_whose_kept_side_is_not_a_pycrdt_update_is_void(world):
+    """A forked log keeps the entry with the lowest hash; held as void, the dropped side never
+    had its body applied, and it may be the one that comes to count."""
+    ada, cid, mo = world.ada, world.cid, world.mo
+    assert ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}).raw]).refused == []
+    seq, prev = mo.heads[cid]
+    good = content_edits(mo, cid, 1)[0]
+    for _ in range(200):                                  # (each try another time, so another hash)
+        bad = mo.write(cid, {"t": "meta"}, b"\x01\x02\x03", seq=seq + 1, prev=prev)
+        if bad.hash < good.hash:
+            break
+    assert bad.hash < good.hash
+    assert ada.ledger.ingest([good.raw]).accepted_count == 1
+    ada.ledger.ingest([bad.raw])                          # the fork: recomputed, the bad side kept
+    assert ada.store.status_of(bad.hash) == ("void", "its content is not a pycrdt update")
+    assert ada.store.status_of(good.hash)[0] == "void"
+    assert ada.states[cid].vector[mo.identity.device_id] == seq
