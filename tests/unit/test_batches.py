@@ -211,3 +211,18 @@ def test_an_entry_that_waits_and_comes_again_first_in_a_run(history, tmp_path):
         assert svc.store.vector(decode_entry(raws[0]).hash)[decode_entry(mo_first).device] == 5
     finally:
         svc.close()
+
+
+def test_entries_and_runs_of_a_document_not_asked_for_are_refused(history, tmp_path):
+    raws, ada, home = history["raws"], history["ada"], history["home"]
+    svc = fresh(home, tmp_path)
+    try:
+        assert svc.ledger.ingest(raws[:ada]).accepted_count == ada
+        mo = raws[ada:ada + 6]                          # Mo's first entry, Bea's, then a run of Mo's
+        assert check_batch(mo).runs
+        result = svc.ledger.ingest(mo, allowed_docs={"cd" * 32})
+        assert sorted(result.refused) == sorted((decode_entry(raw).hash, "this document was not part of the exchange")
+                                                for raw in mo)
+        assert result.accepted_count == 0 and len(svc.store.raw_after(decode_entry(raws[0]).hash, {})) == ada
+    finally:
+        svc.close()
