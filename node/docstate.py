@@ -11,6 +11,12 @@ from functools import partial
 
 from pycrdt import Doc, Map
 
+from .rules import MAX_TEXT, MAX_TITLE
+
+# Shared content from a peer is any pycrdt update, not only what this node's forms allow: where
+# it is read, a text is cut to the length a member may write through them.
+_META_LIMITS = {"name": MAX_TITLE, "purpose": MAX_TEXT}
+
 
 def order_key(entry) -> tuple:
     """The fixed order in which concurrent facts are settled: time, then hash."""
@@ -406,6 +412,6 @@ class DocState:
         return [m.id for m in members if m.status == "active"]
 
     def meta_value(self, key: str, default: str = "") -> str:
-        """A field of the shared pycrdt `meta` map."""
+        """A text field of the shared pycrdt `meta` map, at most as long as a member may write it."""
         value = self.meta.get(key)
-        return value if isinstance(value, str) else default
+        return value[:_META_LIMITS.get(key, MAX_TEXT)] if isinstance(value, str) else default

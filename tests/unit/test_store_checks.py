@@ -12,12 +12,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pycrdt import Doc, Map
 
 from factories import Member, admit, all_raw, content_edits, copy_docs, propose_op, service
 from node.ids import b32, now_ms
 from node.entries import MAX_BODY, MAX_ENTRY, build_entry
 from node.identity import Identity, make_device_cert, new_device, raw_public
-from node.rules import invite_message
+from node.rules import MAX_TEXT, MAX_TITLE, invite_message
 from node.service import Service, invite_key
 
 
@@ -588,3 +589,21 @@ def test_a_fork_whose_kept_side_is_not_a_pycrdt_update_is_void(world):
     assert ada.store.status_of(bad.hash) == ("void", "its content is not a pycrdt update")
     assert ada.store.status_of(good.hash)[0] == "void"
     assert ada.states[cid].vector[mo.identity.device_id] == seq
+
+
+def test_shared_content_longer_than_a_form_allows_is_shown_cut(world):
+    """A member's content update may set any text (the forms check lengths, peers need not):
+    the node shows the name and purpose only as long as a member may write them."""
+    ada, cid, mo = world.ada, world.cid, world.mo
+    ydoc = Doc()
+    ydoc.apply_update(ada.states[cid].ydoc.get_update())          # Mo's copy, then his edit on it
+    before = ydoc.get_state()
+    meta = ydoc.get("meta", type=Map)
+    with ydoc.transaction():
+        meta["name"] = "N" * (MAX_TITLE + 500)
+        meta["purpose"] = "P" * (MAX_TEXT + 500)
+    name_entry = mo.write(cid, {"t": "name", "name": "Mo"})
+    edit = mo.write(cid, {"t": "meta"}, ydoc.get_update(before))
+    assert ada.ledger.ingest([name_entry.raw, edit.raw]).accepted_count == 2
+    view = ada.congregation_view(cid)
+    assert (view["name"], view["purpose"]) == ("N" * MAX_TITLE, "P" * MAX_TEXT)
