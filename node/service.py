@@ -533,29 +533,45 @@ def _valid(check, *args, **kwargs):
 
 
 def summarize(entry, state: DocState, names: DocState) -> str:
-    """One line saying what an entry did, for the history."""
+    """One line saying what an entry did, for the history. An entry held as void was never
+    checked against the rules (a former member's, say): its fields may be anything."""
+    try:
+        return _summary(entry, state, names)
+    except (KeyError, TypeError, AttributeError):
+        return f"wrote a “{entry.op['t']}” entry that does not hold together"
+
+
+def _text(op: dict, key: str, default: str | None = None) -> str:
+    """A text field of an operation, for a summary; raises TypeError when it is not one."""
+    value = op.get(key, default)
+    if not isinstance(value, str):
+        raise TypeError(f"{key} is not a text")
+    return value
+
+
+def _summary(entry, state: DocState, names: DocState) -> str:
     op = entry.op
     kind = op["t"]
     agreement = state.agreements.get(op.get("agreement", ""))
     title = agreement.current.title if agreement else "an agreement"
     commitment = state.commitments.get(op.get("commitment", ""))
-    what = commitment.first[1].op["what"] if commitment else "a commitment"
+    what = _text(commitment.first[1].op, "what") if commitment else "a commitment"
     return {
         "genesis": lambda: f"created the {state.type} “{state.meta_value('name')}”",
-        "name": lambda: f"set their name to “{op['name']}”",
+        "name": lambda: f"set their name to “{_text(op, 'name')}”",
         "leave": lambda: f"left the {state.type}",
-        "cut": lambda: f"carried out the agreed removal of {names.name_of(op['member'])}",
-        "split": lambda: f"split off the congregation “{op.get('name', '')}”",
+        "cut": lambda: f"carried out the agreed removal of {names.name_of(_text(op, 'member'))}",
+        "split": lambda: f"split off the congregation “{_text(op, 'name', '')}”",
         "move": lambda: "moved the crew to another congregation",
         "retire_device": lambda: "retired one of their devices",
         "meta": lambda: "edited the name or purpose",
         "invite": lambda: "created an invite",
-        "admit": lambda: f"admitted {names.name_of(op['member'])}",
-        "add": lambda: f"added {names.name_of(op['member'])} to the crew",
-        "propose": lambda: f"proposed “{op['title']}”",
-        "revise": lambda: f"revised “{op['title']}”",
-        "respond": lambda: f"responded {op['response'].replace('_', ' ')} to “{title}”",
+        "admit": lambda: f"admitted {names.name_of(_text(op, 'member'))}",
+        "add": lambda: f"added {names.name_of(_text(op, 'member'))} to the crew",
+        "propose": lambda: f"proposed “{_text(op, 'title')}”",
+        "revise": lambda: f"revised “{_text(op, 'title')}”",
+        "respond": lambda: f"responded {_text(op, 'response').replace('_', ' ')} to “{title}”",
         "retire": lambda: f"retired “{title}”",
-        "commit": lambda: f"committed {names.name_of(op['by'])} to “{op['what']}”",
-        "status": lambda: f"marked “{what}” {op['status']}",
+        "commit": lambda: f"committed {names.name_of(_text(op, 'by'))} to “{_text(op, 'what')}”",
+        "status": lambda: f"marked “{what}” {_text(op, 'status')}",
     }.get(kind, lambda: kind)()

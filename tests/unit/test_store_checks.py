@@ -607,3 +607,21 @@ def test_shared_content_longer_than_a_form_allows_is_shown_cut(world):
     assert ada.ledger.ingest([name_entry.raw, edit.raw]).accepted_count == 2
     view = ada.congregation_view(cid)
     assert (view["name"], view["purpose"]) == ("N" * MAX_TITLE, "P" * MAX_TEXT)
+
+
+def test_a_former_members_malformed_entries_are_listed_not_a_broken_page(world):
+    """What a member writes after leaving is held as void without the rules looking at it, so
+    its fields may be anything: the congregation's page lists it all the same."""
+    ada, cid, mo = world.ada, world.cid, world.mo
+    device = mo.identity.device_id
+    assert ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}).raw]).accepted_count == 1
+    left = mo.write(cid, {"t": "leave", "devices": {device: mo.heads[cid][0] + 1}})
+    assert ada.ledger.ingest([left.raw]).accepted_count == 1
+    malformed = [mo.write(cid, op) for op in ({"t": "name"}, {"t": "respond", "agreement": ["x"], "response": 5},
+                                              {"t": "revise", "agreement": {"a": 1}, "title": 7},
+                                              {"t": "propose", "title": None})]
+    assert ada.ledger.ingest([e.raw for e in malformed]).void == 4
+    listed = {v["hash"]: v["summary"] for v in ada.congregation_view(cid)["void_entries"]}
+    assert [listed[e.hash] for e in malformed] == [f"wrote a “{e.op['t']}” entry that does not hold together"
+                                                   for e in malformed]
+    assert len(ada.history(cid)) == len(ada.store.raw_after(cid, {}))
