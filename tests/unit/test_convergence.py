@@ -21,6 +21,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.entries import decode_entry
 from node.errors import NodeError
 from node.service import Service
 from factories import exchange, sync_until_quiet
@@ -82,6 +83,16 @@ class Net:
     def sync_until_quiet(self) -> None:
         sync_until_quiet(self.nodes)
 
+    def held_in_test_order(self, service: Service, docs) -> list[bytes]:
+        """The entries `service` holds of `docs`, in an order a replay gives again: documents
+        as the test made them, then devices as the nodes were made (the store's order is by
+        device id, a random key, which would make hypothesis draw other entries on a replay)."""
+        nodes = {s.identity.device_id: i for i, s in enumerate(self.nodes)}
+        made = [self.cid, *self.crews]
+        entries = [decode_entry(raw) for doc in docs for raw in service.store.raw_after(doc, {})]
+        entries.sort(key=lambda e: (made.index(e.doc), nodes[e.device], e.seq))
+        return [e.raw for e in entries]
+
 
 def visible(service: Service, doc: str) -> bool:
     return doc in service.states and service.me in service.states[doc].members
@@ -110,7 +121,7 @@ def step(net: Net, data, op: str, actor: int) -> None:
         other = net.nodes[data.draw(st.integers(0, len(net.nodes) - 1))]
         if other is node or net.groups[actor] != net.groups[net.nodes.index(other)]:
             return
-        raws = [raw for doc in protocol.shared_docs(other, node.me) for raw in other.store.raw_after(doc, {})]
+        raws = net.held_in_test_order(other, protocol.shared_docs(other, node.me))
         chosen = data.draw(st.lists(st.sampled_from(raws), max_size=12)) if raws else []
         protocol.take_entries(node, chosen)
         return
