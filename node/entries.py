@@ -110,6 +110,15 @@ def decode_entry(raw: bytes) -> Entry:
     return Entry(digest, header, body, raw[-64:], raw)
 
 
+def decode_held(raw: bytes, entry_hash: str) -> Entry:
+    """An entry read back from the store, where only what `decode_entry` took is held: its
+    fields without checking them again, and its stored hash (a recompute reads every entry of
+    a document, and the checks and the hash were most of that)."""
+    (hlen,) = _U32.unpack_from(raw, 0)
+    (blen,) = _U32.unpack_from(raw, 4 + hlen)
+    return Entry(entry_hash, orjson.loads(raw[4:4 + hlen]), raw[8 + hlen:8 + hlen + blen], raw[-64:], raw)
+
+
 def _check_header(header) -> None:
     # The fields by count, then each by name (a missing one raises KeyError): cheaper than
     # comparing key sets, and the same answer.

@@ -576,7 +576,10 @@ class Ledger:
            voids the readmission its own evidence needs: no state holds them all), the latest
            event of the circle is void, and the rest is decided again.
         """
-        held = [(entry, author) for _, author, entry, _, _ in self.store.held_entries(doc)]
+        held, stored = [], {}
+        for _, author, entry, status, reason in self.store.held_entries(doc):
+            held.append((entry, author))
+            stored[entry.hash] = reason if status == "void" else None
         authors = {e.hash: a for e, a in held}
         genesis = next(e for e, _ in held if e.is_genesis)
         kept, forks = kept_branches([e for e, _ in held], authors)
@@ -612,7 +615,8 @@ class Ledger:
             if why is not None:
                 state.void[entry_hash] = why
         with self.store.atomic():
-            self.store.set_statuses(verdicts)
+            # Only what changed: most of a long history counts as it did.
+            self.store.set_statuses({h: why for h, why in verdicts.items() if h not in stored or stored[h] != why})
             self.store.drop_snapshot(doc)
         self._facts_at.pop(doc, None)
         self.states[doc] = state
@@ -752,6 +756,13 @@ def replay(doc: str, genesis, authors: dict, kept: list, applied: set,
     Entries in `banned` (events that would go round in a circle) are void.
     """
     state = DocState(doc, genesis)
+    # One pycrdt transaction for the whole replay, as Ledger.ingest does for a batch: the same
+    # content, without a transaction opened and closed for each update (docstate.apply_content).
+    with state.ydoc.transaction():
+        return _replay_into(state, genesis, authors, kept, applied, banned)
+
+
+def _replay_into(state: DocState, genesis, authors: dict, kept: list, applied: set, banned) -> tuple[DocState, dict]:
     state.take_effect([ev for ev in (membership_event(e, authors[e.hash]) for e in kept if e.hash in applied) if ev])
     state.apply(genesis, authors[genesis.hash])
     verdicts: dict[str, str | None] = {genesis.hash: None}

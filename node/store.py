@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from . import packed_rows
-from .entries import decode_entry
+from .entries import decode_entry, decode_held
 from .errors import StorageFailed
 from .wal import Checkpointer
 
@@ -228,10 +228,10 @@ class Store:
     def held_entries(self, doc: str, after_rowid: int = 0):
         """(rowid, author, Entry, status, reason) of a document's held entries, in stored order;
         status is "accepted", or "void" with the reason it does not count."""
-        for rowid, author, raw, status, reason in self.db.execute(
-                "SELECT rowid, author, raw, status, reason FROM entries WHERE doc = ? AND rowid > ? ORDER BY rowid",
+        for rowid, entry_hash, author, raw, status, reason in self.db.execute(
+                "SELECT rowid, hash, author, raw, status, reason FROM entries WHERE doc = ? AND rowid > ? ORDER BY rowid",
                 [doc, after_rowid]):
-            yield rowid, author, decode_entry(raw), status, reason
+            yield rowid, author, decode_held(raw, entry_hash), status, reason
 
     def raw_after(self, doc: str, vector: dict[str, int], limit: int | None = None) -> list[bytes]:
         """Raw entries of `doc` beyond `vector` (device -> highest seq), in log order."""

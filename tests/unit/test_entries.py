@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from factories import Member
 from node.batches import unsigned_among
-from node.entries import MAX_BODY, MAX_ENTRY, MAX_HEADER, EntryError, build_entry, decode_entry
+from node.entries import MAX_BODY, MAX_ENTRY, MAX_HEADER, Entry, EntryError, build_entry, decode_entry, decode_held
 from node.identity import Identity, make_device_cert, new_device, raw_public
 from node.ids import canonical_json, is_key_id, unb32
 
@@ -33,6 +33,14 @@ def test_build_then_decode_gives_the_same_entry():
     second = mo.write(DOC, {"t": "name", "name": "Moe"})
     assert (second.seq, second.prev, second.cert) == (2, entry.hash, None)
     assert decode_entry(second.raw).signature_holds()
+
+
+def test_an_entry_read_back_from_the_store_is_the_one_decoded_on_its_way_in():
+    mo = Member()
+    genesis = mo.write("", {"t": "genesis", "type": "congregation"}, body=b"\x01")
+    for entry in (genesis, mo.write(genesis.hash, {"t": "meta"}, body=b"\x02\x03"), mo.write(genesis.hash, {"t": "name", "name": "Mo"})):
+        fields = lambda e: tuple(getattr(e, name) for name in Entry.__slots__)  # noqa: E731
+        assert fields(decode_held(entry.raw, entry.hash)) == fields(decode_entry(entry.raw))
 
 
 def test_genesis_entry_is_its_own_document():

@@ -36,13 +36,13 @@ def decoded(monkeypatch):
     """Counts the entries a start decodes from the store (replays)."""
     import node.store
     count = {"n": 0}
-    real = node.store.decode_entry
+    real = node.store.decode_held
 
-    def counting(raw):
+    def counting(raw, entry_hash):
         count["n"] += 1
-        return real(raw)
+        return real(raw, entry_hash)
 
-    monkeypatch.setattr(node.store, "decode_entry", counting)
+    monkeypatch.setattr(node.store, "decode_held", counting)
     return count
 
 

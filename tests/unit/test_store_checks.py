@@ -18,6 +18,7 @@ from factories import Member, admit, all_raw, content_edits, copy_docs, propose_
 from node.ids import b32, now_ms
 from node.entries import MAX_BODY, MAX_ENTRY, build_entry
 from node.identity import Identity, make_device_cert, new_device, raw_public
+from node.ledger import FORKED
 from node.rules import MAX_TEXT, MAX_TITLE, invite_message
 from node.service import Service, invite_key
 
@@ -589,6 +590,30 @@ def test_a_fork_whose_kept_side_is_not_a_pycrdt_update_is_void(world):
     assert ada.store.status_of(bad.hash) == ("void", "its content is not a pycrdt update")
     assert ada.store.status_of(good.hash)[0] == "void"
     assert ada.states[cid].vector[mo.identity.device_id] == seq
+
+
+def test_a_recompute_writes_only_the_verdicts_that_changed(world, monkeypatch):
+    ada, cid, mo = world.ada, world.cid, world.mo
+    assert ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}).raw]).refused == []
+    written = []
+    real = ada.store.set_statuses
+    monkeypatch.setattr(ada.store, "set_statuses", lambda verdicts: (written.append(dict(verdicts)), real(verdicts)))
+    ada.ledger.recompute(cid)
+    assert written == [{}]
+    # A fork whose other side has the lower hash: the two entries trade places, nothing else moves.
+    seq, prev = mo.heads[cid]
+    kept_first = content_edits(mo, cid, 1)[0]
+    for _ in range(200):                                  # (each try another time, so another hash)
+        other = mo.write(cid, {"t": "name", "name": "Moe"}, seq=seq + 1, prev=prev)
+        if other.hash < kept_first.hash:
+            break
+    assert ada.ledger.ingest([kept_first.raw]).accepted_count == 1
+    written.clear()
+    ada.ledger.ingest([other.raw])
+    assert written == [{kept_first.hash: FORKED, other.hash: None}]
+    assert ada.store.status_of(kept_first.hash) == ("void", FORKED)
+    assert ada.store.status_of(other.hash) == ("accepted", None)
+    assert ada.states[cid].name_of(mo.id) == "Moe"
 
 
 def test_shared_content_longer_than_a_form_allows_is_shown_cut(world):
