@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.pending import timed_ingest  # noqa: E402
 from bench.sync import build_history, log, replay_baseline  # noqa: E402
 from node.service import Service  # noqa: E402
 
@@ -58,10 +59,7 @@ def main() -> int:
             service.ledger.ingest([e.raw for e in entries[start:start + 10_000]])
         service.store.catch_up()
 
-        def recompute():
-            service.ledger.recompute(cid)
-
-        recompute_s = statistics.median(timed(recompute) for _ in range(args.runs))
+        recompute_s = statistics.median(timed(lambda: service.ledger.recompute(cid)) for _ in range(args.runs))
         baseline_s = min(replay_baseline(in_congregation)[0] for _ in range(args.runs))
         clock = max(e.at for e in entries)
         leaves = []
@@ -69,12 +67,7 @@ def main() -> int:
             clock += 1
             device = writer.identity.device_id
             leave = writer.write(cid, clock, {"t": "leave", "devices": {device: writer.heads[cid][0] + 1}})
-
-            def take_leave():
-                service.ledger.ingest([leave.raw])
-                service.store.catch_up()
-
-            leaves.append(timed(take_leave))
+            leaves.append(timed_ingest(service, [leave.raw]))
         assert sum(1 for exits in service.states[cid].exits.values() for _ in exits) == args.leaves
         service.close()
     finally:
