@@ -63,7 +63,7 @@ def main() -> int:
         baseline_s = min(replay_baseline(in_congregation)[0] for _ in range(args.runs))
         clock = max(e.at for e in entries)
         leaves = []
-        for writer in writers[-args.leaves:]:
+        for writer in writers[len(writers) - args.leaves:]:
             clock += 1
             device = writer.identity.device_id
             leave = writer.write(cid, clock, {"t": "leave", "devices": {device: writer.heads[cid][0] + 1}})
