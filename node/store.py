@@ -292,6 +292,12 @@ class Store:
         return [r[0] for r in self.db.execute(
             "SELECT raw FROM entries WHERE doc = ? AND device = ? ORDER BY rowid", [doc, device])]
 
+    def log_entries(self, doc: str, device: str, first: int, last: int) -> list[bytes]:
+        """Held entries of one device in a document from seq `first` to `last`, in seq order."""
+        return [r[0] for r in self.db.execute(
+            "SELECT raw FROM entries WHERE doc = ? AND device = ? AND seq BETWEEN ? AND ? ORDER BY seq, rowid",
+            [doc, device, first, last])]
+
     def device_count(self, doc: str, device: str) -> int:
         """How many entries of one device in a document are held, every branch."""
         return self.db.execute("SELECT COUNT(*) FROM entries WHERE doc = ? AND device = ?", [doc, device]).fetchone()[0]

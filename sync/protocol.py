@@ -28,6 +28,8 @@ BATCH_BYTES = 8 * 1024 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_DOCS = 10_000
 MAX_DEVICES = 20_000
+# Entries of an admitter's log sent before the admission they lead to (`admission_proof`).
+PROOF_ENTRIES = 200
 
 
 class ProtocolError(ValueError):
@@ -278,14 +280,45 @@ def check_after(value) -> dict[str, int]:
 
 
 def pushable(service, peer_member: str, docs) -> list[str]:
-    """Of `docs`, those the peer may push, whose vectors and heads I tell it: all but those I
-    know it is out of (it left, was removed, or is gone from a crew's congregation), of which it
-    learns nothing more. Receiving is safe from anyone (every entry is checked on its own
-    signature and author), and a document I do not know the peer in may be one whose news of
-    its admission it carries."""
+    """Of `docs`, those the peer may push: all but those I know it is out of (it left, was
+    removed, or is gone from a crew's congregation), of which it learns nothing more. Receiving
+    is safe from anyone (every entry is checked on its own signature and author), and a
+    document I do not know the peer in may be one whose news of its admission it carries."""
     states = service.states
     return [doc for doc in docs if doc not in states or peer_member not in states[doc].members
             or records_reach(states, states[doc], peer_member)]
+
+
+def wanted(service, peer_member: str, docs) -> dict:
+    """What I tell a peer of `docs` so that it pushes only what I lack: my summary of those it
+    may see, and of the others it may push (a document I hold without knowing it a member, or
+    do not hold) an empty vector, as if I held nothing of them: a stranger who knows a
+    document's id learns neither who writes in it nor how much, nor that I hold it. (A member
+    whose admission has not reached me pushes that first: `admission_proof`.)"""
+    states = service.states
+    docs = pushable(service, peer_member, docs)
+    out = summary(service, [d for d in docs if d in states and records_reach(states, states[d], peer_member)])
+    out["have"] = {doc: out["have"].get(doc, {}) for doc in docs}
+    return out
+
+
+def admission_proof(service, peer_member: str, told: dict) -> list[bytes]:
+    """For documents the peer may see whose vector it gave empty (it does not hold them, or does
+    not know me a member: `wanted`), the entries that admitted me, each after up to
+    PROOF_ENTRIES entries of its author's log before it (the invite it uses, say), so that the
+    peer can take it in and tell me what it lacks, rather than being sent everything."""
+    out: list[bytes] = []
+    size = 0
+    for doc, limit in peer_scope(service, peer_member).items():
+        if limit is not None or told.get(doc) != {}:
+            continue
+        for _, _, device, seq in service.states[doc].admitted_by.get(service.me, ()):
+            for raw in service.store.log_entries(doc, device, max(1, seq - PROOF_ENTRIES + 1), seq):
+                if len(out) >= BATCH_ENTRIES or size + len(raw) > BATCH_BYTES:
+                    return out
+                out.append(raw)
+                size += len(raw)
+    return out
 
 
 def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
@@ -299,7 +332,7 @@ def answer_exchange(service, peer_member: str, meta: dict) -> bytes:
                                           check_forks(meta.get("forks")), after)
     # My vectors for what the client offered and for what it may see (it may hold those now,
     # from this very exchange): what the client pushes next is then only what I lack.
-    want = summary(service, pushable(service, peer_member, dict.fromkeys([*have, *peer_scope(service, peer_member)])))
+    want = wanted(service, peer_member, dict.fromkeys([*have, *peer_scope(service, peer_member)]))
     return pack({"more": more, "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"],
                  "after": {**after, **cursor}},
                 entries)
@@ -321,7 +354,7 @@ def receive_push(service, peer_member: str, meta: dict, entries) -> bytes:
     allowed = {d for d in docs if isinstance(d, str)}
     result = take_entries(service, entries, allowed, peer_member)
     service.store.catch_up()            # the answer says what is stored: stored it is, not on its way
-    want = summary(service, pushable(service, peer_member, sorted(allowed)))
+    want = wanted(service, peer_member, sorted(allowed))
     return pack({"accepted": result.accepted_count + result.void, "pending": result.pending,
                  "known": result.known, "refused": [reason for _, reason in result.refused][:20],
                  "want": want["have"], "want_heads": want["heads"], "want_forks": want["forks"]})
@@ -415,15 +448,22 @@ def run_exchange(run, peer_member: str, remote, prefetch: bool = False) -> tuple
                 progress = bool(result.taken or result.void)
         if not (more and progress) or asked >= MAX_ROUNDS:
             break                                       # all sent; or no progress: stop rather than ask again
-    for _ in range(MAX_ROUNDS):
-        entries, more = run(missing_for, peer_member, want, None, want_heads, want_forks)
-        if not entries:
-            break
+
+    def push(entries: list[bytes]) -> int:
+        nonlocal sent, want, want_heads, want_forks
         reply_meta, _ = unpack(remote("push", pack({"docs": sorted(want)}, entries)))
-        sent += int(reply_meta.get("accepted", 0))
+        accepted = int(reply_meta.get("accepted", 0))
+        sent += accepted
         want = check_vectors(reply_meta.get("want", {}))
         want_heads = check_heads(reply_meta.get("want_heads"))
         want_forks = check_forks(reply_meta.get("want_forks"))
-        if not more or not reply_meta.get("accepted"):
+        return accepted
+
+    proof = run(admission_proof, peer_member, want)
+    if proof:
+        push(proof)
+    for _ in range(MAX_ROUNDS):
+        entries, more = run(missing_for, peer_member, want, None, want_heads, want_forks)
+        if not entries or not push(entries) or not more:
             break
     return received, sent

@@ -364,9 +364,15 @@ def test_entries_from_a_non_member_are_not_accepted(world):
     with client_for(world.ada, stranger.identity) as client:
         answer = push(client, [world.cid], [e.raw for e in written])
         assert answer["accepted"] == 0 and answer["pending"] == 1   # waits for an admission that never comes
-        # The stranger learns nothing by asking either.
-        meta, entries = unpack(client.call("exchange", pack({"have": {world.cid: {}}})))
+        # The stranger learns nothing by asking either: not even that Ada's node holds the
+        # congregation, nor who writes in it and how much (it is answered as for an id no
+        # node holds).
+        unheard = hashlib.sha256(b"no such document").hexdigest()
+        meta, entries = unpack(client.call("exchange", pack({"have": {world.cid: {}, unheard: {}}})))
         assert entries == [] and meta["more"] is False
+        assert meta["want"] == {world.cid: {}, unheard: {}}
+        assert meta["want_heads"] == {} and meta["want_forks"] == {}
+        assert answer["want"] == {world.cid: {}} and answer["want_heads"] == {}
     status, view = world.ada.api("GET", f"/api/congregations/{world.cid}", expect=200)
     assert "Strangers rule" not in {a["title"] for a in view["agreements"]}
     assert stranger.id not in {m["id"] for m in view["members"]}

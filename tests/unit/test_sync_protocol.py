@@ -6,7 +6,8 @@ many rounds.
 """
 import pytest
 
-from factories import congregation, copy_docs, sync_until_quiet
+from factories import admit, congregation, copy_docs, sync_until_quiet
+from node.entries import decode_entry
 from node import carry
 from node.service import Service
 from sync import protocol
@@ -166,6 +167,52 @@ def test_a_member_removed_from_the_congregation_no_longer_receives_its_crews(tmp
 
     assert protocol.run_exchange(lambda fn, *a: fn(cy, *a), ada.me, remote) == (0, 0)
     assert "push" not in pushed
+
+
+def test_a_peer_learns_nothing_of_a_document_it_is_not_known_to_be_in(tmp_path):
+    """Cy, in the congregation but not in its crew, asks about the crew by its id: Ada's node
+    answers as it would for a document it does not hold (no vector, no heads), so Cy learns
+    neither who writes in the crew nor how much; Bea, in the crew, is told."""
+    (ada, bea, cy), cid = congregation(tmp_path, ("Ada", "Bea", "Cy"))
+    crew = ada.create_crew(cid, "Money", "", [bea.me])["id"]
+    for i in range(3):
+        ada.propose(crew, f"Pool {i}", "")
+    unheard = "f" * 64
+    asked = protocol.pack({"have": {crew: {}, unheard: {}}})
+    reply = protocol.unpack(protocol.serve(ada, cy.me, "exchange", asked))[0]
+    assert reply["want"] == {crew: {}, unheard: {}, cid: ada.states[cid].vector}
+    assert set(reply["want_heads"]) == {cid}
+    told = protocol.unpack(protocol.serve(ada, bea.me, "exchange", asked))[0]
+    assert told["want"][crew] == ada.states[crew].vector and set(told["want_heads"]) == {cid, crew}
+
+
+def test_a_member_admitted_elsewhere_proves_it_and_pushes_only_what_is_lacking(tmp_path):
+    """Bea admits Cy; Ada's node has not heard of it, so it tells Cy nothing of the
+    congregation. Cy's node sends the admission first (after the entries of Bea's log before
+    it), then Ada's node tells it what it lacks: Cy's own entries, not the whole history."""
+    (ada, bea), cid = congregation(tmp_path, ("Ada", "Bea"))
+    for i in range(30):
+        ada.propose(cid, f"Topic {i}", "")
+    copy_docs(ada, bea)
+    cy = Service(tmp_path / "Cy", name="Cy")
+    admit(bea, cid, cy.me, "Cy")
+    copy_docs(bea, cy)
+    cy.propose(cid, "Hello from Cy", "")
+    assert cy.me not in ada.states[cid].members
+    lacked = len(cy.store.raw_after(cid, ada.store.vector(cid)))      # Bea's invite and admission, Cy's own
+    pushed = []
+
+    def remote(name, body):
+        if name == "push":
+            pushed.extend(decode_entry(raw) for raw in protocol.unpack(body)[1])
+        return protocol.serve(ada, cy.me, name, body)
+
+    received, sent = protocol.run_exchange(lambda fn, *a: fn(cy, *a), ada.me, remote)
+    assert ada.states[cid].members[cy.me].status == "active"
+    assert "Hello from Cy" in {a["title"] for a in ada.congregation_view(cid)["agreements"]}
+    assert {e.device for e in pushed} <= {bea.identity.device_id, cy.identity.device_id}
+    assert received == 0 and sent == lacked
+    assert exchange(cy, ada) == (0, 0)
 
 
 def test_entries_a_peer_pushes_wait_in_that_peer_s_share_of_the_places(tmp_path, monkeypatch):
