@@ -307,6 +307,11 @@ class Store:
         return dict(self.db.execute(
             "SELECT device, MAX(seq) FROM entries WHERE doc = ? GROUP BY device", [doc]).fetchall())
 
+    def vector_upto(self, doc: str, rowid: int) -> dict[str, int]:
+        """device -> highest seq among a document's entries stored up to `rowid`."""
+        return dict(self.db.execute(
+            "SELECT device, MAX(seq) FROM entries WHERE doc = ? AND rowid <= ? GROUP BY device", [doc, rowid]).fetchall())
+
     def history(self, doc: str, limit: int = 500) -> list[tuple]:
         """(author, device, seq, at, raw) newest first."""
         return self.db.execute(

@@ -174,8 +174,13 @@ def summary(service, docs) -> dict:
 
 
 def offer(service, peer_member: str) -> dict:
-    """The client's opening: my summary of everything the peer may see."""
-    return summary(service, list(peer_scope(service, peer_member)))
+    """The client's opening: my summary of everything the peer may see. Of a document it left
+    or was removed from, only how far it had come then (it may learn that it is out, and why,
+    but not how far the document has come since), and no heads."""
+    scope = peer_scope(service, peer_member)
+    out = summary(service, [doc for doc, limit in scope.items() if limit is None])
+    out["have"].update({doc: service.store.vector_upto(doc, limit) for doc, limit in scope.items() if limit is not None})
+    return out
 
 
 def check_heads(value) -> dict[str, dict[str, str]]:

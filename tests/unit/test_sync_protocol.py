@@ -167,6 +167,13 @@ def test_a_member_removed_from_the_congregation_no_longer_receives_its_crews(tmp
 
     assert protocol.run_exchange(lambda fn, *a: fn(cy, *a), ada.me, remote) == (0, 0)
     assert "push" not in pushed
+    # Asking Cy's node, Ada's tells it only how far the congregation had come when Cy was
+    # removed, not the agreement written since, and nothing of the crew.
+    ada.propose(cid, "After Cy", "")
+    offered = protocol.offer(ada, cy.me)
+    assert offered["have"] == {cid: cy.states[cid].vector} != {cid: ada.states[cid].vector}
+    assert offered["heads"] == {}
+    assert exchange(ada, cy) == (0, 0)
 
 
 def test_a_peer_learns_nothing_of_a_document_it_is_not_known_to_be_in(tmp_path):
