@@ -35,10 +35,10 @@ from node.ledger import MAX_PENDING  # noqa: E402
 from node.service import Service  # noqa: E402
 
 
-def timed_ingest(service: Service, raws: list[bytes]) -> float:
-    """Seconds to take in one batch, its write included."""
+def timed_ingest(service: Service, raws: list[bytes], sender: str | None = None) -> float:
+    """Seconds to take in one batch (from peer member `sender`), its write included."""
     started = time.perf_counter()
-    service.ledger.ingest(raws)
+    service.ledger.ingest(raws, sender=sender)
     service.store.catch_up()
     return time.perf_counter() - started
 

@@ -13,6 +13,7 @@ every held entry by a fixed procedure, the same on every node whatever order ent
 """
 import functools
 import gc
+import time
 from collections import Counter, defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -35,6 +36,13 @@ MAX_PENDING_BYTES = 32 * 2 ** 20
 # with entries that can never be decided still leaves room for others' entries that must wait.
 MAX_PENDING_PER_PEER = 2_500
 SNAPSHOT_EVERY = 2_000
+# A recompute that took at least COSTLY_S seconds: one that a peer's entries call for again
+# within RECOMPUTE_SPACING times as long after it waits for a quiet moment (`run_due`), so
+# that a peer sending entry after entry that each call for one (a former member's void
+# leaves, say) cannot keep the node's thread busy with nothing else.
+COSTLY_S = 0.2
+RECOMPUTE_SPACING = 4
+DUE_KEY = "recompute_due"
 FORKED = "forked log: another entry of this device at the same seq was kept"
 DEPENDS = "it depends on an entry that does not count"
 PARADOX = "it would make an earlier leaving, removal or readmission not count, and with it the grounds it rests on"
@@ -97,6 +105,7 @@ class Ledger:
         self.store = store
         store.on_lost_writes = self.reload
         self.reload()
+        self.run_due()                                   # what a stop (or a crash) left waiting
 
     def reload(self) -> None:
         """Everything from the store: at start, and when a batch written behind could not be
@@ -118,6 +127,7 @@ class Ledger:
         self._waiting_count = self._waiting_bytes = 0
         self._waiting_from: dict[str, str] = {}          # hash -> the peer that brought it (not mine)
         self._waiting_per_peer: Counter = Counter()
+        self._recomputed: dict[str, tuple] = {}          # doc -> (when its last recompute ended, seconds it took)
         self._load_waiting()
         self._load()
 
@@ -250,13 +260,33 @@ class Ledger:
             # (Fresh entries are not held: only the waiting ones may have been meanwhile.)
             decided, reasons, recompute = self._settle(candidates, result, held=self._held_among(waiting.values()))
         result.pending = sum(1 for h in reasons if h not in waiting)
+        later = {doc for doc in recompute if sender is not None and self._recomputed_lately(doc)}
         # Received entries are still held by whoever sent them: no fsync of their own (Store.atomic).
-        self._commit(decided, reasons, candidates, set(waiting), durable=False, sender=sender)
+        self._commit(decided, reasons, candidates, set(waiting), durable=False, sender=sender,
+                     recompute_due=self.due() | later if later else None)
         result.taken = [e for e, _, why in decided if why is None]
         result.void = sum(1 for _, _, why in decided if why is not None)
-        for doc in recompute:
+        for doc in recompute - later:
             self.recompute(doc)
         return result
+
+    def _recomputed_lately(self, doc: str) -> bool:
+        ended, took = self._recomputed.get(doc, (None, 0.0))
+        return took >= COSTLY_S and time.monotonic() - ended < RECOMPUTE_SPACING * took
+
+    def due(self) -> set[str]:
+        """Documents whose recompute waits for a quiet moment."""
+        return set(self.store.get(DUE_KEY, []))
+
+    def run_due(self) -> list[str]:
+        """Carry out the recomputes that wait (at a quiet moment, and at start); returns their documents."""
+        due = sorted(self.due())
+        for doc in due:
+            if doc in self.states:
+                self.recompute(doc)                      # (which takes it off the list)
+        if self.due():
+            self.store.put(DUE_KEY, [])                  # (documents no longer held)
+        return due
 
     def _vouched_for(self, unsigned: list) -> dict:
         """Those of `unsigned` (entries whose own signature does not hold) that a waiting entry
@@ -520,8 +550,10 @@ class Ledger:
             state.void_invites.add(entry.op["key"])
 
     def _commit(self, decided, reasons, candidates, was_pending: set, durable: bool = True,
-                sender: str | None = None) -> None:
-        """Store a settled batch: held entries, what waits now, and the snapshots due.
+                sender: str | None = None, recompute_due: set | None = None) -> None:
+        """Store a settled batch: held entries, what waits now, and the snapshots due; with
+        `recompute_due`, the documents whose recompute waits (in the same transaction: a crash loses
+        both or neither).
 
         Not `durable` (received entries): finished on the store's writer thread while this
         thread goes on (Store.write_behind); everything it writes is made here first.
@@ -547,6 +579,8 @@ class Ledger:
         snaps = [self._snapshot_row(doc, upto, facts="due" if durable else "later") for doc in due]
 
         def write_rest(store) -> None:
+            if recompute_due is not None:
+                store.put(DUE_KEY, sorted(recompute_due))
             store.add_pending(newly_waiting)
             store.drop_pending(done)
             last = store.max_rowid()
@@ -576,6 +610,7 @@ class Ledger:
            voids the readmission its own evidence needs: no state holds them all), the latest
            event of the circle is void, and the rest is decided again.
         """
+        started = time.monotonic()
         held, stored = [], {}
         for _, author, entry, status, reason in self.store.held_entries(doc):
             held.append((entry, author))
@@ -618,11 +653,15 @@ class Ledger:
             # Only what changed: most of a long history counts as it did.
             self.store.set_statuses({h: why for h, why in verdicts.items() if h not in stored or stored[h] != why})
             self.store.drop_snapshot(doc)
+            due = self.due()
+            if doc in due:
+                self.store.put(DUE_KEY, sorted(due - {doc}))
         self._facts_at.pop(doc, None)
         self.states[doc] = state
         for key in [k for k in self.heads if k[0] == doc]:
             del self.heads[key]
         self.heads.update(branch_heads([genesis, *kept]))
+        self._recomputed[doc] = (time.monotonic(), time.monotonic() - started)
         return state
 
     def snapshot(self, docs=None) -> None:

@@ -83,7 +83,10 @@ class Service:
             self.store.close()
 
     def idle(self) -> None:
-        """Work that waits for a quiet moment (worker.NodeThread calls it): facts snapshots."""
+        """Work that waits for a quiet moment (worker.NodeThread calls it): recomputes put off
+        (Ledger.run_due), facts snapshots."""
+        if self.ledger.run_due():
+            self._tell_listeners()
         self.ledger.save_facts_due()
 
     def changed(self, entries) -> None:
@@ -105,6 +108,10 @@ class Service:
         """A batch written behind could not be stored: go back to what is stored, and tell
         listeners, so that a page showing those entries shows what is held."""
         self.ledger.reload()
+        self._tell_listeners()
+
+    def _tell_listeners(self) -> None:
+        """What is held changed, though no entry was accepted: pages showing it refresh."""
         self.revision += 1
         for listener in list(self.listeners):
             listener([])

@@ -650,3 +650,40 @@ def test_a_former_members_malformed_entries_are_listed_not_a_broken_page(world):
     assert [listed[e.hash] for e in malformed] == [f"wrote a “{e.op['t']}” entry that does not hold together"
                                                    for e in malformed]
     assert len(ada.history(cid)) == len(ada.store.raw_after(cid, {}))
+
+
+@pytest.mark.parametrize("then", ["a quiet moment", "a restart"])
+def test_a_recompute_a_peer_calls_for_again_soon_waits_for_a_quiet_moment(world, monkeypatch, then):
+    """A former member can send entry after entry that each call for a recompute (a void
+    leave, a fork of their own log), each costing seconds on a long history. One called for
+    by a peer soon after the last of the same document waits for a quiet moment, is kept
+    in the store meanwhile so that a stop or a crash does not lose it, and is then carried
+    out: here a fork whose other side has the lower hash, which only a recompute settles."""
+    import node.ledger
+    # Any recompute counts as costly, and "soon" lasts the whole test.
+    monkeypatch.setattr(node.ledger, "COSTLY_S", 0.0)
+    monkeypatch.setattr(node.ledger, "RECOMPUTE_SPACING", 10 ** 9)
+    ada, cid, mo = world.ada, world.cid, world.mo
+    assert ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}).raw], sender=mo.id).refused == []
+    seq, prev = mo.heads[cid]
+    kept_first = content_edits(mo, cid, 1)[0]
+    for _ in range(200):                                  # (each try another time, so another hash)
+        other = mo.write(cid, {"t": "name", "name": "Moe"}, seq=seq + 1, prev=prev)
+        if other.hash < kept_first.hash:
+            break
+    assert ada.ledger.ingest([kept_first.raw], sender=mo.id).accepted_count == 1
+    ada.ledger.recompute(cid)
+    ada.ledger.ingest([other.raw], sender=mo.id)
+    # Held, as the second of a fork, until the recompute that waits.
+    assert ada.ledger.due() == {cid}
+    assert ada.store.status_of(other.hash) == ("void", FORKED)
+    assert ada.states[cid].name_of(mo.id) == "Mo"
+    if then == "a quiet moment":
+        ada.idle()
+    else:
+        ada.close()
+        world.ada = ada = Service(ada.home)
+    assert ada.ledger.due() == set()
+    assert ada.store.status_of(kept_first.hash) == ("void", FORKED)
+    assert ada.store.status_of(other.hash) == ("accepted", None)
+    assert ada.states[cid].name_of(mo.id) == "Moe"
