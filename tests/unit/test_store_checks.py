@@ -592,6 +592,18 @@ def test_a_fork_whose_kept_side_is_not_a_pycrdt_update_is_void(world):
     assert ada.states[cid].vector[mo.identity.device_id] == seq
 
 
+def fork_with_the_lower_hash_second(mo, cid: str) -> tuple:
+    """Two entries of Mo's at his next seq: a content edit, then a renaming with a lower hash
+    (the side every node keeps, once a recompute settles the fork)."""
+    seq, prev = mo.heads[cid]
+    first = content_edits(mo, cid, 1)[0]
+    for _ in range(200):                                  # (each try another time, so another hash)
+        second = mo.write(cid, {"t": "name", "name": "Moe"}, seq=seq + 1, prev=prev)
+        if second.hash < first.hash:
+            return first, second
+    raise AssertionError("no lower hash in 200 tries")
+
+
 def test_a_recompute_writes_only_the_verdicts_that_changed(world, monkeypatch):
     ada, cid, mo = world.ada, world.cid, world.mo
     assert ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}).raw]).refused == []
@@ -601,12 +613,7 @@ def test_a_recompute_writes_only_the_verdicts_that_changed(world, monkeypatch):
     ada.ledger.recompute(cid)
     assert written == [{}]
     # A fork whose other side has the lower hash: the two entries trade places, nothing else moves.
-    seq, prev = mo.heads[cid]
-    kept_first = content_edits(mo, cid, 1)[0]
-    for _ in range(200):                                  # (each try another time, so another hash)
-        other = mo.write(cid, {"t": "name", "name": "Moe"}, seq=seq + 1, prev=prev)
-        if other.hash < kept_first.hash:
-            break
+    kept_first, other = fork_with_the_lower_hash_second(mo, cid)
     assert ada.ledger.ingest([kept_first.raw]).accepted_count == 1
     written.clear()
     ada.ledger.ingest([other.raw])
@@ -665,12 +672,7 @@ def test_a_recompute_a_peer_calls_for_again_soon_waits_for_a_quiet_moment(world,
     monkeypatch.setattr(node.ledger, "RECOMPUTE_SPACING", 10 ** 9)
     ada, cid, mo = world.ada, world.cid, world.mo
     assert ada.ledger.ingest([mo.write(cid, {"t": "name", "name": "Mo"}).raw], sender=mo.id).refused == []
-    seq, prev = mo.heads[cid]
-    kept_first = content_edits(mo, cid, 1)[0]
-    for _ in range(200):                                  # (each try another time, so another hash)
-        other = mo.write(cid, {"t": "name", "name": "Moe"}, seq=seq + 1, prev=prev)
-        if other.hash < kept_first.hash:
-            break
+    kept_first, other = fork_with_the_lower_hash_second(mo, cid)
     assert ada.ledger.ingest([kept_first.raw], sender=mo.id).accepted_count == 1
     ada.ledger.recompute(cid)
     ada.ledger.ingest([other.raw], sender=mo.id)
