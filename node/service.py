@@ -87,6 +87,7 @@ class Service:
         (Ledger.run_due), facts snapshots."""
         if self.ledger.run_due():
             self._tell_listeners()
+            self._finalize_removals()                   # (one the recompute made agreed)
         self.ledger.save_facts_due()
 
     def changed(self, entries) -> None:
@@ -97,6 +98,11 @@ class Service:
         self.revision += 1
         for listener in list(self.listeners):
             listener(entries)
+        self._finalize_removals()
+
+    def _finalize_removals(self) -> None:
+        """Carry out any removal agreed and not yet in effect (not again from within: its cut
+        is an entry accepted here too)."""
         if not self._finalizing:
             self._finalizing = True
             try:
