@@ -283,9 +283,9 @@ class Ledger:
         due = sorted(self.due())
         for doc in due:
             if doc in self.states:
-                self.recompute(doc)                      # (which takes it off the list)
-        if self.due():
-            self.store.put(DUE_KEY, [])                  # (documents no longer held)
+                self.recompute(doc)
+        if due:
+            self.store.put(DUE_KEY, [])
         return due
 
     def _vouched_for(self, unsigned: list) -> dict:
@@ -661,7 +661,8 @@ class Ledger:
         for key in [k for k in self.heads if k[0] == doc]:
             del self.heads[key]
         self.heads.update(branch_heads([genesis, *kept]))
-        self._recomputed[doc] = (time.monotonic(), time.monotonic() - started)
+        ended = time.monotonic()
+        self._recomputed[doc] = (ended, ended - started)
         return state
 
     def snapshot(self, docs=None) -> None:
