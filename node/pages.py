@@ -477,6 +477,11 @@ def peers() -> list[dict] | None:
     return None
 
 
+def pending_joins() -> list[dict]:
+    engine = _engine()
+    return engine.pending_joins() if engine is not None and hasattr(engine, "pending_joins") else []
+
+
 def sync_now(address: str) -> dict:
     engine = _engine()
     if engine is not None and hasattr(engine, "sync_with"):
@@ -503,6 +508,7 @@ def _error_status(exc: NodeError) -> int:
 def render_home(form=None, error=None, status=200):
     data = node().call(home_data, request.args.get("all") == "1")
     data["notice"] = _notice()
+    data["joins"] = pending_joins()
     live = request.full_path.rstrip("?") if request.method == "GET" else url_for(".home")
     return _render("home.html", data, form, error, status, live_url=live)
 
@@ -646,6 +652,15 @@ def join_page():
     if result.get("status") == "joined" and result.get("congregation_id"):
         return redirect(url_for(".congregation", cid=result["congregation_id"]), 303)
     return redirect(url_for(".home", note="joining"), 303)
+
+
+@pages.post("/joins/<key>/forget")
+def forget_join_page(key):
+    engine = _engine()
+    if engine is None or not hasattr(engine, "forget_join"):
+        raise SyncUnavailable("sync not available: this node is not joining anything")
+    engine.forget_join(key)
+    return redirect(url_for(".home"), 303)
 
 
 # -- forms of congregation and crew pages ---------------------------------------------------------

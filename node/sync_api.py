@@ -17,6 +17,17 @@ def join():
     return engine().join(field(data, "code"), data.get("address")), 202
 
 
+@sync_api.get("/joins")
+def pending_joins():
+    return jsonify(engine().pending_joins())
+
+
+@sync_api.delete("/joins/<key>")
+def forget_join(key):
+    engine().forget_join(key)
+    return {"forgotten": key}
+
+
 @sync_api.post("/sync")
 def sync_now():
     result = engine().sync_with(field(body(), "address"))

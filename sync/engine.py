@@ -10,9 +10,10 @@ import threading
 import time
 
 from node import carry
-from node.errors import Invalid, NodeError
+from node.errors import Invalid, NodeError, NotFound
 from node.identity import IdentityError, check_device_cert
 from node.ids import b32, now_ms, unb32
+from node.views import iso
 
 from . import protocol
 from .protocol import ProtocolError, pack, unpack
@@ -85,7 +86,6 @@ class PeerBook:
 
     def view(self, service) -> list[dict]:
         """GET /api/peers: peers with the name I know them by."""
-        from node.views import iso
         out = []
         for peer in self._book(service).values():
             name = None
@@ -289,6 +289,7 @@ class SyncEngine:
                     raise exc
                 except Unreachable as exc:
                     log.info("join at %s: %s; will retry", address, exc)
+                    self.node.call(_note_join_wait, key, exc.message)
         self.retry_joins()
         return self.node.call(_join_status, key)
 
@@ -334,6 +335,20 @@ class SyncEngine:
                         break
                     except (Unreachable, JoinRefused, Invalid) as exc:
                         log.info("join retry at %s: %s", address, exc)
+                        if address == join.get("address"):
+                            self.node.call(_note_join_wait, key, exc.message)
+
+    def pending_joins(self) -> list[dict]:
+        """GET /api/joins: the joins still waiting, and why."""
+        return self.node.call(_pending_joins)
+
+    def forget_join(self, key: str) -> None:
+        """DELETE /api/joins/{key}: stop trying that invite; 404 if no such join is waiting.
+
+        Not under the join round's lock, which a round holds while it waits for peers: a round
+        that admits me meanwhile still brings the congregation, it only is not listed as a join.
+        """
+        self.node.call(_forget_pending_join, key)
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(JOIN_RETRY_S):
@@ -438,6 +453,12 @@ def _forget_join(service, key: str) -> None:
         service.store.put("joins", joins)
 
 
+def _forget_pending_join(service, key: str) -> None:
+    if service.store.get("joins", {}).get(key, {}).get("status") != "pending":
+        raise NotFound("no join with that invite is waiting here")
+    _forget_join(service, key)
+
+
 def _error_text(message: str) -> str:
     """The words of a peer's JSON error body."""
     try:
@@ -454,6 +475,31 @@ def _finish_join(service, key: str, cid: str) -> None:
     service.changed(["joined"])
 
 
+def _note_join_wait(service, key: str, reason: str) -> None:
+    """Remember why a pending join is still waiting, for the member to read."""
+    joins = service.store.get("joins", {})
+    if key in joins and joins[key]["status"] == "pending" and joins[key].get("error") != reason:
+        joins[key]["error"] = reason
+        service.store.put("joins", joins)
+
+
 def _join_status(service, key: str) -> dict:
     join = service.store.get("joins", {}).get(key, {})
-    return {"congregation_id": join.get("congregation_id"), "status": join.get("status", "pending")}
+    if join.get("status") == "joined":
+        return {"congregation_id": join["congregation_id"], "status": "joined"}
+    return {"congregation_id": None, "status": "pending", "waiting": _waiting_words(join)}
+
+
+def _waiting_words(join: dict) -> str:
+    """Why a pending join is not done yet, in words."""
+    if join.get("error"):
+        return join["error"]
+    if join.get("address"):
+        return f"waiting to reach {join['address']}, or a member's node on this network"
+    return "waiting for a member's node that knows the invite, on this network"
+
+
+def _pending_joins(service) -> list[dict]:
+    return [{"key": key, "address": join.get("address"), "since": iso(join["since"]) if join.get("since") else None,
+             "waiting": _waiting_words(join)}
+            for key, join in service.store.get("joins", {}).items() if join["status"] == "pending"]

@@ -103,6 +103,23 @@ class TransportError(Exception):
         super().__init__(f"HTTP {status}: {message}" if status is not None else message)
 
 
+def failure_words(e: BaseException) -> str:
+    """What a failed request to a peer most likely means, in words a member can act on."""
+    if isinstance(e, ConnectionRefusedError):
+        return "nothing answers at that port: is the node running, and is this its sync port?"
+    if isinstance(e, socket.gaierror):
+        return "no computer by that name is known here: check the address"
+    if isinstance(e, TimeoutError):
+        return "no answer in time: is that computer on this network and awake?"
+    if isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "that address cannot be reached from this network"
+    if isinstance(e, ssl.SSLError) and e.reason == "WRONG_VERSION_NUMBER":
+        # A plain-HTTP server at the port, most often the node's page port given for its sync port.
+        return ("something answers there, but not a crewnode sync port: give the sync port, "
+                "which the node prints as 'sync' when it starts (not its page port)")
+    return f"{type(e).__name__}: {e}"
+
+
 @dataclass(frozen=True)
 class Peer:
     """An authenticated peer, as the server's handler sees it."""
@@ -881,7 +898,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
             key = tls.peer_device_key(der)
         except ValueError as e:
             self.close()
-            raise TransportError(None, f"{self.host}:{self.port}: unusable TLS certificate: {e}")
+            raise TransportError(None, "something answers there, but not a crewnode: its TLS "
+                                       f"certificate is not a crewnode device's ({e})")
         if self.expected_key is not None and key != self.expected_key:
             self.close()
             raise TransportError(
@@ -1075,7 +1093,7 @@ class SyncClient:
             raise
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise TransportError(None, f"{self.address}: {type(e).__name__}: {e}") from e
+            raise TransportError(None, failure_words(e)) from e
         self._last_used = time.monotonic()
         return resp.status, data, resp
 

@@ -399,6 +399,39 @@ def test_join_with_an_invite_code_on_a_second_node(node_factory, browser):
 
 
 @needs_sync
+def test_a_join_that_waits_says_why_and_can_be_retried_or_dropped(node_factory, page):
+    ada = node_factory.start(name="Ada")
+    bea = node_factory.start(name="Bea")
+    cid = api_congregation(ada)
+    code = ada.api("POST", f"/api/congregations/{cid}/invites", {}, expect=201)[1]["code"]
+    open_node(page, bea)
+    joining = page.get_by_role("region", name="Joining")
+
+    def join_at(address, invite=code):
+        page.get_by_label("Invite code").fill(invite)
+        page.get_by_label("Their node’s address (optional)").fill(address)
+        page.get_by_role("button", name="Join").click()
+
+    # The page's port instead of the sync port: the mistake a person is most likely to make.
+    join_at(f"127.0.0.1:{ada.port}")
+    expect(joining).to_contain_text(f"for the node at 127.0.0.1:{ada.port}")
+    expect(joining).to_contain_text("not a crewnode sync port")
+    # Joining again with the same code at the right address replaces the waiting join.
+    join_at(ada.sync_address)
+    expect(page.get_by_role("heading", name="Riverside", level=1)).to_be_visible(timeout=15_000)
+    go_home(page)
+    expect(page.get_by_role("link", name="Riverside")).to_be_visible()
+    expect(joining).to_have_count(0)
+
+    # A join nobody can take yet can be dropped.
+    join_at("127.0.0.1:9", invite="ABCD-EFGH-JKMN")
+    expect(joining).to_contain_text("nothing answers at that port")
+    joining.get_by_role("button", name="Stop trying").click()
+    expect(joining).to_have_count(0)
+    assert bea.api("GET", "/api/joins", expect=200)[1] == []
+
+
+@needs_sync
 def test_a_change_from_a_second_node_appears_without_reload(node_factory, page):
     ada = node_factory.start(name="Ada")
     bea = node_factory.start(name="Bea")

@@ -6,6 +6,7 @@ stranger's node that learns nothing, and the peers list.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import pytest
@@ -127,6 +128,27 @@ def test_an_expired_code_is_refused(tmp_path, monkeypatch):
         ada.find_invite(b32(raw_public(invite_key(new_invite_code()))))
     ada.store.close()
     bo.store.close()
+
+
+def test_a_join_that_cannot_reach_its_address_says_why_until_dropped(world):
+    newcomer = world.stranger
+    code = invite(world.ada, world.cid)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))            # bound, never listening: connections are refused
+        dead = f"127.0.0.1:{closed.getsockname()[1]}"
+        status, answer = newcomer.api("POST", "/api/join", {"code": code, "address": dead})
+    assert status == 202, answer
+    assert answer["status"] == "pending" and answer["congregation_id"] is None
+    assert "nothing answers at that port" in answer["waiting"]
+
+    waiting = newcomer.api("GET", "/api/joins", expect=200)[1]
+    assert [(j["address"], j["waiting"]) for j in waiting] == [(dead, answer["waiting"])]
+    key = waiting[0]["key"]
+    assert newcomer.api("DELETE", f"/api/joins/{key}", expect=200)[1] == {"forgotten": key}
+    assert newcomer.api("GET", "/api/joins", expect=200)[1] == []
+    status, answer = newcomer.api("DELETE", f"/api/joins/{key}")
+    assert status == 404 and "no join" in answer["error"]
+    assert newcomer.api("GET", "/api/congregations", expect=200)[1] == []
 
 
 # -- syncing ------------------------------------------------------------------------------------
