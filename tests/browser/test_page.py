@@ -250,6 +250,19 @@ def test_peers_page_lists_peers_and_offers_sync_now(node_factory, page):
         page.get_by_role("button", name="Sync now").click()
         expect(page.locator("form#sync").get_by_role("alert")).to_contain_text("host:port")
         expect(page.get_by_label("Address")).to_have_value("not-an-address")
+
+        # A node that reached this one is listed without an address it never gave; syncing
+        # with it by address then records one.
+        bea = node_factory.start(name="Bea")
+        cid = api_congregation(node)
+        code = node.api("POST", f"/api/congregations/{cid}/invites", {}, expect=201)[1]["code"]
+        bea.api("POST", "/api/join", {"code": code, "address": node.sync_address}, expect=202)
+        page.reload()
+        bea_row = page.locator("ul.peers li").filter(has_text="Bea")
+        expect(bea_row).to_contain_text("their node reached this one")
+        page.get_by_label("Address").fill(bea.sync_address)
+        page.get_by_role("button", name="Sync now").click()
+        expect(bea_row).to_contain_text(f"{bea.sync_address} · added by address")
     else:
         expect(page.get_by_text("sync not available yet")).to_be_visible()
 
