@@ -180,7 +180,10 @@ class SyncEngine:
                 reply = protocol.serve(service, member, name, body)
         finally:
             self.ingesting_from = None
-        self.book.note(service, member, None, "manual", name != "join")
+        # Only peers I share something with go in the book: strangers with fresh keys would
+        # otherwise grow it (and the peers page) without end.
+        if name == "join" or protocol.peer_scope(service, member):
+            self.book.note(service, member, None, "manual", name != "join")
         return 200, reply, started, name == "exchange" and bool(protocol.shared_docs(service, member))
 
     # -- the client side --------------------------------------------------------------------------

@@ -239,6 +239,8 @@ def test_a_strangers_node_receives_nothing(world):
     for secret in ("Riverside", "Stranger-free 4411", "Inner 5522", cid, crew_id):
         assert secret.encode() not in on_disk
     assert db_rows(ada, "SELECT hash FROM entries ORDER BY hash") == before
+    # Bo never asked for the stranger: a node that only reached his is not in his peers.
+    assert me(stranger) not in {p["id"] for p in bo.api("GET", "/api/peers", expect=200)[1]}
 
 
 def test_peers_lists_manual_peers_with_last_sync(trio):
