@@ -2,7 +2,7 @@
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from .errors import Invalid
-from .service import Service
+from .service import INVITE_DAYS, Service
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -83,7 +83,8 @@ def crew_history(crew_id):
 
 @api.post("/congregations/<cid>/invites")
 def create_invite(cid):
-    return node().call(Service.create_invite, cid, body().get("note", "")), 201
+    data = body()
+    return node().call(Service.create_invite, cid, data.get("note", ""), data.get("days", INVITE_DAYS)), 201
 
 
 @api.post("/congregations/<cid>/crews")

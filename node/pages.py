@@ -25,7 +25,7 @@ from markupsafe import Markup, escape
 from . import views
 from .docstate import gone_from_congregation
 from .errors import Invalid, NodeError, NotFound
-from .service import Service
+from .service import INVITE_DAYS, Service
 
 pages = Blueprint("pages", __name__)
 
@@ -726,7 +726,8 @@ def _congregation_form_error(cid, form, exc):
 @pages.post("/c/<cid>/invites")
 def create_invite(cid):
     try:
-        invite = node().call(Service.create_invite, cid, field("note"))
+        days = field("days") or str(INVITE_DAYS)
+        invite = node().call(Service.create_invite, cid, field("note"), int(days) if days.isdigit() else days)
     except NodeError as exc:
         if isinstance(exc, NotFound):
             raise

@@ -22,6 +22,7 @@ MAX_TITLE = 200
 MAX_TEXT = 20_000
 MAX_NAME = 80
 MAX_REASON = 2_000
+INVITE_MAX_DAYS = 30                # a code read aloud should not stay good for long
 JOIN_CONTEXT = b"crewnode-join-v1:"
 RETIRE_CONTEXT = b"crewnode-retire-device-v1:"
 
@@ -190,6 +191,8 @@ def _invite(entry, author, state):
     except ValueError:
         raise Refused("invite key is malformed") from None
     require(isinstance(op.get("expires"), int), "invite expiry must be a time")
+    require(op["expires"] <= entry.at + INVITE_MAX_DAYS * 86_400_000,
+            f"an invite may be valid for at most {INVITE_MAX_DAYS} days")
     check_text(op.get("note", ""), "note", MAX_REASON, required=False)
 
 

@@ -19,8 +19,8 @@ from .errors import Conflict, Forbidden, Invalid, NotFound
 from .identity import load_or_create_identity, raw_public, verify
 from .ids import b32, new_id, now_ms, unb32
 from .ledger import Ledger
-from .rules import (bind_record_id, MAX_NAME, MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_date, check_member_id,
-                    check_text, invite_message)
+from .rules import (bind_record_id, INVITE_MAX_DAYS, MAX_NAME, MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_date,
+                    check_member_id, check_text, invite_message)
 from .store import Store
 
 INVITE_DAYS = 7
@@ -291,13 +291,15 @@ class Service:
 
     # -- invites -------------------------------------------------------------------------------
 
-    def create_invite(self, cid: str, note="") -> dict:
-        """POST /api/congregations/{cid}/invites: a single-use code, valid for a week."""
+    def create_invite(self, cid: str, note="", days=INVITE_DAYS) -> dict:
+        """POST /api/congregations/{cid}/invites: a single-use code, valid for `days` (a week)."""
         state = self.congregation_state(cid)
         self._writable(state)
         note = _valid(check_text, note or "", "note", MAX_REASON, required=False)
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= INVITE_MAX_DAYS:
+            raise Invalid(f"days must be a whole number of days from 1 to {INVITE_MAX_DAYS}")
         code = new_invite_code()
-        expires = now_ms() + INVITE_DAYS * 86_400_000
+        expires = now_ms() + days * 86_400_000
         key = b32(raw_public(invite_key(code)))
         self._write(cid, {"t": "invite", "key": key, "expires": expires, "note": note})
         return {"code": code, "expires": views.iso(expires), "congregation_id": cid}

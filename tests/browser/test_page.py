@@ -3,6 +3,7 @@
 Things are found the way a member (or a screen reader) finds them: by label, role and text.
 Waiting is Playwright's auto-waiting and `expect`, never a sleep.
 """
+import datetime as dt
 import re
 import urllib.parse
 
@@ -212,6 +213,8 @@ def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory,
     open_node(page, node)
     page.get_by_role("link", name="Riverside").click()
     page.get_by_label("Who is it for? (optional)").fill("Bea from number 12")
+    expect(page.get_by_label("Valid for")).to_have_value("7")
+    page.get_by_label("Valid for").select_option(label="1 day")
     page.get_by_role("button", name="Create invite").click()
 
     invite = page.locator("#invite")
@@ -219,6 +222,9 @@ def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory,
     expect(invite.get_by_role("img", name=re.compile("QR code"))).to_be_visible()
     expect(invite).to_contain_text("valid until")
     expect(invite).to_contain_text("Bea from number 12")
+    until = dt.datetime.fromisoformat(invite.locator("time").get_attribute("datetime").replace("Z", "+00:00"))
+    left = until - dt.datetime.now(dt.timezone.utc)
+    assert dt.timedelta(hours=23, minutes=55) < left <= dt.timedelta(days=1)
 
     page.get_by_role("link", name="History").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("History of Riverside")

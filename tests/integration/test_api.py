@@ -123,6 +123,19 @@ def test_congregations_list_create_get(ada):
     assert ada.api("GET", f"/api/congregations/{bare['id']}")[1]["purpose"] == ""
 
 
+def test_invites_expire_after_a_week_or_the_days_asked_for(ada):
+    import datetime as dt
+    cid = ada.api("POST", "/api/congregations", {"name": "Hillside"}, expect=201)[1]["id"]
+    for body, days in (({}, 7), ({"note": "for Jo", "days": 1}, 1), ({"days": 30}, 30)):
+        made = ada.api("POST", f"/api/congregations/{cid}/invites", body, expect=201)[1]
+        assert re.fullmatch(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}", made["code"]) and ISO_TIME.match(made["expires"])
+        left = dt.datetime.fromisoformat(made["expires"].replace("Z", "+00:00")) - dt.datetime.now(dt.timezone.utc)
+        assert dt.timedelta(days=days, minutes=-5) < left <= dt.timedelta(days=days), (body, left)
+    for days in (0, 31, -1):
+        status, answer = ada.api("POST", f"/api/congregations/{cid}/invites", {"days": days})
+        assert status == 400 and "from 1 to 30" in answer["error"]
+
+
 def test_crews_create_get(ada):
     _, cong = ada.api("POST", "/api/congregations", {"name": "Crewland"}, expect=201)
     cid = cong["id"]
@@ -330,6 +343,9 @@ def test_wrongly_typed_fields_are_refused(ada, world):
         ("PATCH", f"/api/commitments/{commitment}", {"status": 1}),
         ("PATCH", f"/api/commitments/{commitment}", {"status": ["done"]}),
         ("PATCH", f"/api/commitments/{commitment}", {"status": None}),
+        ("POST", f"/api/congregations/{cid}/invites", {"days": "7"}),
+        ("POST", f"/api/congregations/{cid}/invites", {"days": True}),
+        ("POST", f"/api/congregations/{cid}/invites", {"days": 1.5}),
     ]
     before = everything(ada, world)
     for method, path, body in cases:

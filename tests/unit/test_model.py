@@ -5,6 +5,7 @@ import pytest
 
 from factories import Member, admit, congregation, sync_all
 from node import rules
+from node.ids import b32
 from node.errors import Conflict, Invalid, NotFound
 
 
@@ -169,3 +170,26 @@ def test_dates_that_are_fine():
     assert rules.check_date("2026-12-31", "due") == "2026-12-31"
     assert rules.check_date("2028-02-29", "due") == "2028-02-29"
     assert rules.check_date(None, "due") is None and rules.check_date("", "due") is None
+
+
+def test_invites_last_the_days_asked_for_and_never_past_thirty(world):
+    ada, cid, day = world.ada, world.cid, 86_400_000
+    state = ada.states[cid]
+    for days in (1, 30):
+        before = set(state.invites)
+        ada.create_invite(cid, "", days)
+        (key,) = set(state.invites) - before
+        assert days * day - 5_000 < state.invites[key]["expires"] - state.latest_at <= days * day
+    for days in (0, 31, "7", True, 1.5, None):
+        with pytest.raises(Invalid, match="from 1 to 30"):
+            ada.create_invite(cid, "", days)
+    # A member's node that writes a longer-lived invite by hand has it refused by the rules.
+    mo = Member("Mo")
+    admit(ada, cid, mo.id, "Mo")
+    mo.last_at = state.latest_at
+    key = b32(bytes(32))
+    entry = mo.write(cid, {"t": "invite", "key": key, "expires": mo.last_at + 1 + 31 * day, "note": ""},
+                     at=mo.last_at + 1)
+    result = ada.ledger.ingest([entry.raw])
+    assert result.accepted_count == 0
+    assert key not in ada.states[cid].invites
