@@ -433,7 +433,7 @@ def test_pending_entry_is_accepted_when_its_dependency_arrives_in_another_batch(
     from factories import b32, invite_message, invite_key
     secret = invite_key("ABCD-EFGH-JKMN")
     key = b32(raw_public(secret))
-    world.ada.ledger.ingest([world.mo.write(world.cid, {"t": "invite", "key": key, "expires": 2 ** 50,
+    world.ada.ledger.ingest([world.mo.write(world.cid, {"t": "invite", "key": key, "expires": now_ms() + 86_400_000,
                                                         "note": ""}).raw])
     admission = world.mo.write(world.cid, {"t": "admit", "member": bo.id, "name": "Bo", "invite": key,
                                            "proof": b32(secret.sign(invite_message(key, bo.id)))})
@@ -447,7 +447,7 @@ def test_forged_admission_is_refused(world):
     secret = Ed25519PrivateKey.generate()
     from factories import b32, invite_message
     key = b32(raw_public(secret))
-    world.ada.ledger.ingest([world.mo.write(world.cid, {"t": "invite", "key": key, "expires": 2 ** 50,
+    world.ada.ledger.ingest([world.mo.write(world.cid, {"t": "invite", "key": key, "expires": now_ms() + 86_400_000,
                                                         "note": ""}).raw])
     before = fingerprint(world.ada, world.cid)
     wrong_key = Ed25519PrivateKey.generate()
