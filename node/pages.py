@@ -734,7 +734,9 @@ def create_invite(cid):
         return _congregation_form_error(cid, "invite", exc)
     kept = _state()["invites"]
     handle = secrets.token_urlsafe(9)
-    kept[handle] = {**invite, "note": field("note").strip(), "qr": qr_svg(invite["code"]), "made": time.time()}
+    sync_port = node().call(Service.me_view).get("sync_port")
+    kept[handle] = {**invite, "note": field("note").strip(), "qr": qr_svg(invite["code"]), "made": time.time(),
+                    "addresses": [f"{ip}:{sync_port}" for ip in lan_addresses()] if sync_port else []}
     while len(kept) > INVITES_KEPT:
         kept.popitem(last=False)
     return redirect(url_for(".congregation", cid=cid, invite=handle) + "#invite", 303)

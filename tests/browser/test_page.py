@@ -10,6 +10,7 @@ import urllib.parse
 import pytest
 from playwright.sync_api import expect
 
+from node.pages import lan_addresses
 from node.service import Service
 
 LIVE_TIMEOUT = 5_000   # ms: "a change appears within a couple of seconds"
@@ -225,6 +226,9 @@ def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory,
     until = dt.datetime.fromisoformat(invite.locator("time").get_attribute("datetime").replace("Z", "+00:00"))
     left = until - dt.datetime.now(dt.timezone.utc)
     assert dt.timedelta(hours=23, minutes=55) < left <= dt.timedelta(days=1)
+    # and the address to give when the newcomer's node does not find this one by itself
+    for ip in lan_addresses():
+        expect(invite).to_contain_text(f"{ip}:{node.sync_port}")
 
     page.get_by_role("link", name="History").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("History of Riverside")
