@@ -45,6 +45,10 @@ def api_congregation(node, name="Riverside", purpose="Neighbours who share tools
     return node.api("POST", "/api/congregations", {"name": name, "purpose": purpose}, expect=201)[1]["id"]
 
 
+def api_invite(node, cid) -> str:
+    return node.api("POST", f"/api/congregations/{cid}/invites", {}, expect=201)[1]["code"]
+
+
 def api_crew(node, cid, name="Tool library", members=()) -> str:
     return node.api("POST", f"/api/congregations/{cid}/crews",
                     {"name": name, "purpose": "Keep the shed tidy", "members": list(members)}, expect=201)[1]["id"]
@@ -265,7 +269,7 @@ def test_peers_page_lists_peers_and_offers_sync_now(node_factory, page):
         # with it by address then records one.
         bea = node_factory.start(name="Bea")
         cid = api_congregation(node)
-        code = node.api("POST", f"/api/congregations/{cid}/invites", {}, expect=201)[1]["code"]
+        code = api_invite(node, cid)
         bea.api("POST", "/api/join", {"code": code, "address": node.sync_address}, expect=202)
         page.reload()
         bea_row = page.locator("ul.peers li").filter(has_text="Bea")
@@ -426,7 +430,7 @@ def test_a_join_that_waits_says_why_and_can_be_retried_or_dropped(node_factory, 
     ada = node_factory.start(name="Ada")
     bea = node_factory.start(name="Bea")
     cid = api_congregation(ada)
-    code = ada.api("POST", f"/api/congregations/{cid}/invites", {}, expect=201)[1]["code"]
+    code = api_invite(ada, cid)
     open_node(page, bea)
     joining = page.get_by_role("region", name="Joining")
 
@@ -459,7 +463,7 @@ def test_a_change_from_a_second_node_appears_without_reload(node_factory, page):
     ada = node_factory.start(name="Ada")
     bea = node_factory.start(name="Bea")
     cid = api_congregation(ada)
-    code = ada.api("POST", f"/api/congregations/{cid}/invites", {}, expect=201)[1]["code"]
+    code = api_invite(ada, cid)
     bea.api("POST", "/api/join", {"code": code, "address": ada.sync_address}, expect=202)
     bea_in = lambda: any(c["id"] == cid for c in bea.api("GET", "/api/congregations", expect=200)[1])  # noqa: E731
     if not bea_in():
