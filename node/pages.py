@@ -25,6 +25,7 @@ from markupsafe import Markup, escape
 from . import views
 from .docstate import gone_from_congregation
 from .errors import Invalid, NodeError, NotFound
+from .ids import now_ms
 from .service import INVITE_DAYS, Service
 
 pages = Blueprint("pages", __name__)
@@ -317,6 +318,7 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
         "others_checks": views.memo(state, ("page-others-checks", me),
                                     lambda: checklist("fork_members", "fork-m", others)),
         "active_count": len(views.active_set(state)),
+        "open_invites": views.open_invites(state, now_ms()),
         "crews": cards,
         "my_crews": [card for card, c in zip(cards, crews) if c.members[me].status == "active"],
         "agreements": _agreement_views(service, state, shown),

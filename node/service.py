@@ -244,6 +244,7 @@ class Service:
                 "forked_from": state.forked_from, "members": views.member_list(state),
                 "crews": [views.crew_summary(c) for c in crews],
                 "agreements": views.agreements_view(state),
+                "open_invites": views.open_invites(state, now_ms()),
                 "my_status": state.members[self.me].status,
                 **self.changes_view(state)}
 

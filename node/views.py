@@ -174,6 +174,15 @@ def member_list(state: DocState) -> list[dict]:
     return [{"id": m.id, "name": state.name_of(m.id), "status": m.status} for m in members]
 
 
+def open_invites(state: DocState, now: int) -> list[dict]:
+    """Invites neither used nor expired at `now` (ms), the soonest to expire first: codes that
+    someone could still join with."""
+    found = [{"key": key, "note": invite["note"], "by": invite["by"], "by_name": state.name_of(invite["by"]),
+              "expires": iso(invite["expires"])}
+             for key, invite in state.invites.items() if invite["used_by"] is None and invite["expires"] >= now]
+    return sorted(found, key=lambda i: (i["expires"], i["key"]))
+
+
 def crew_summary(crew: DocState) -> dict:
     """A crew as listed inside its congregation."""
     return {"id": crew.id, "name": crew.meta_value("name"), "purpose": crew.meta_value("purpose"),

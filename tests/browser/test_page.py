@@ -233,6 +233,11 @@ def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory,
     # and the address to give when the newcomer's node does not find this one by itself
     for ip in lan_addresses():
         expect(invite).to_contain_text(f"{ip}:{node.sync_port}")
+    # the congregation lists the codes still open, without the codes
+    still_open = page.get_by_role("list", name="Codes still open")
+    expect(still_open.get_by_role("listitem")).to_have_count(1)
+    expect(still_open).to_contain_text("for Bea from number 12 · by you · good until")
+    assert invite.locator(".code").inner_text() not in still_open.inner_text()
 
     page.get_by_role("link", name="History").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("History of Riverside")
@@ -398,6 +403,7 @@ def test_join_with_an_invite_code_on_a_second_node(node_factory, browser):
         ada_page.get_by_role("link", name="Riverside").click()
         ada_page.get_by_role("button", name="Create invite").click()
         code = ada_page.locator("#invite .code").inner_text()
+        expect(ada_page.get_by_role("list", name="Codes still open")).to_contain_text("no note · by you")
 
         open_node(bea_page, bea)
         bea_page.get_by_label("Invite code").fill(code.lower().replace("-", " "))   # as typed by a person
@@ -411,8 +417,9 @@ def test_join_with_an_invite_code_on_a_second_node(node_factory, browser):
         expect(bea_page.locator("#member-list")).to_contain_text("Ada")
         expect(bea_page.locator("#member-list")).to_contain_text("Bea")
 
-        # Ada's open page shows the newcomer without a reload
+        # Ada's open page shows the newcomer without a reload, and the code as no longer open
         expect(ada_page.locator("#member-list")).to_contain_text("Bea", timeout=LIVE_TIMEOUT)
+        expect(ada_page.get_by_role("list", name="Codes still open")).to_have_count(0)
         assert cid in {c["id"] for c in bea.api("GET", "/api/congregations", expect=200)[1]}
 
         # and Ada can now put Bea in a crew with the checkboxes

@@ -126,11 +126,19 @@ def test_congregations_list_create_get(ada):
 def test_invites_expire_after_a_week_or_the_days_asked_for(ada):
     import datetime as dt
     cid = ada.api("POST", "/api/congregations", {"name": "Hillside"}, expect=201)[1]["id"]
+    made_list = []
     for body, days in (({}, 7), ({"note": "for Jo", "days": 1}, 1), ({"days": 30}, 30)):
         made = ada.api("POST", f"/api/congregations/{cid}/invites", body, expect=201)[1]
         assert re.fullmatch(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}", made["code"]) and ISO_TIME.match(made["expires"])
         left = dt.datetime.fromisoformat(made["expires"].replace("Z", "+00:00")) - dt.datetime.now(dt.timezone.utc)
         assert dt.timedelta(days=days, minutes=-5) < left <= dt.timedelta(days=days), (body, left)
+        made_list.append((body.get("note", ""), made["expires"]))
+    # The congregation lists the codes still open (never the codes), the soonest to expire first.
+    me = ada.api("GET", "/api/me")[1]["id"]
+    listed = ada.api("GET", f"/api/congregations/{cid}", expect=200)[1]["open_invites"]
+    week, day, month = made_list
+    assert [(i["note"], i["expires"], i["by"]) for i in listed] == [(*day, me), (*week, me), (*month, me)]
+    assert not any("code" in i for i in listed)
     for days in (0, 31, -1):
         status, answer = ada.api("POST", f"/api/congregations/{cid}/invites", {"days": days})
         assert status == 400 and "from 1 to 30" in answer["error"]

@@ -13,7 +13,9 @@ import pytest
 from conftest import NodeFactory
 
 from node.errors import Conflict, NotFound
-from node.service import Service, new_invite_code
+from node.identity import raw_public
+from node.ids import b32
+from node.service import Service, invite_key, new_invite_code
 from nodes import db_rows, found, invite, join, me, propose, store_bytes, sync, titles
 
 
@@ -70,6 +72,12 @@ def test_join_by_invite_with_address(world):
     assert {me(ada), me(bo)} <= member_ids(ada, cid)
     history = bo.api("GET", f"/api/congregations/{cid}/history", expect=200)[1]
     assert any(h["summary"] == "admitted Bo" and h["author"] == me(ada) for h in history)
+    # Bo's code is no longer listed as open; a new one is, once it reaches Bo's node.
+    used, fresh = (b32(raw_public(invite_key(code))) for code in (world.used_code, invite(ada, cid)))
+    sync(bo, ada)
+    for node in (ada, bo):
+        open_keys = {i["key"] for i in node.api("GET", f"/api/congregations/{cid}", expect=200)[1]["open_invites"]}
+        assert fresh in open_keys and used not in open_keys
 
 
 def test_used_and_unknown_codes_are_refused_clearly(world):

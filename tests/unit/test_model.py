@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from factories import Member, admit, congregation, sync_all
-from node import rules
+from node import rules, views
 from node.ids import b32
 from node.errors import Conflict, Invalid, NotFound
 
@@ -193,3 +193,19 @@ def test_invites_last_the_days_asked_for_and_never_past_thirty(world):
     result = ada.ledger.ingest([entry.raw])
     assert result.accepted_count == 0
     assert key not in ada.states[cid].invites
+
+
+def test_open_invites_leave_the_list_when_used_or_expired(world):
+    ada, cid = world.ada, world.cid
+    state = ada.states[cid]
+    ada.create_invite(cid, "for Jo", 1)
+    ada.create_invite(cid, "for Kit", 7)
+    now = state.latest_at
+    assert [i["note"] for i in views.open_invites(state, now)] == ["for Jo", "for Kit"]
+    assert {i["by"] for i in views.open_invites(state, now)} == {ada.me}
+    # a day and a minute later, Jo's code has expired
+    assert [i["note"] for i in views.open_invites(state, now + 86_460_000)] == ["for Kit"]
+    # once Kit joins with theirs, it is no longer open
+    kit = next(i["key"] for i in views.open_invites(state, now) if i["note"] == "for Kit")
+    state.invites[kit]["used_by"] = "someone"
+    assert [i["note"] for i in views.open_invites(state, now)] == ["for Jo"]
