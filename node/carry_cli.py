@@ -16,8 +16,10 @@ import urllib.request
 from pathlib import Path
 
 from .errors import NodeError
+from .homelock import home_in_use
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+RUNNING_NODE_WAIT_S = 60
 
 
 class CliError(Exception):
@@ -87,18 +89,25 @@ def add_commands(sub, add_home) -> None:
 # -- talking to a running node -------------------------------------------------------------------
 
 def running_node(home: Path):
-    """(base URL, token) of the node serving `home` now, or None when none is."""
+    """(base URL, token) of the node serving `home` now, or None when none is (nothing holds the
+    home). A node that holds it but does not answer is a refusal: going round it to the store
+    would write behind its back."""
     home = Path(home)
+    if not home_in_use(home):
+        return None
+    busy = CliError(f"another crewnode process is using {home} and its node does not answer: if a node is "
+                    "running for it, wait until it is less busy (or start it again), then run this again")
     try:
         ports = json.loads((home / "ports.json").read_text())
         token = (home / "token").read_text().strip()
         base = f"http://127.0.0.1:{int(ports['port'])}"
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        raise busy from None
     try:
-        status, me = _request(base, token, "GET", "/api/me", timeout=3)
+        # (a node busy with a long sync or a recompute answers late, not never)
+        status, me = _request(base, token, "GET", "/api/me", timeout=RUNNING_NODE_WAIT_S)
     except OSError:
-        return None
+        raise busy from None
     from .identity import load_identity
     identity = load_identity(home)
     if status != 200 or identity is None or not isinstance(me, dict) or me.get("device") != identity.device_id:

@@ -77,10 +77,15 @@ def serve(args) -> int:
     """`crewnode serve`: run until SIGINT/SIGTERM, then stop cleanly."""
     from werkzeug.serving import make_server
 
+    from .homelock import HomeInUse
     from .runtime import Runtime
 
-    runtime = Runtime(args.home, name=args.name, sync_host=args.sync_host, sync_port=args.sync_port,
-                      discovery=not args.no_discovery)
+    try:
+        runtime = Runtime(args.home, name=args.name, sync_host=args.sync_host, sync_port=args.sync_port,
+                          discovery=not args.no_discovery)
+    except HomeInUse as exc:
+        print(f"crewnode: {exc.message}", file=sys.stderr)
+        return 1
     server = make_server("127.0.0.1", args.port, runtime.app, threaded=True)
     port = server.server_port
     ports = {"port": port, "sync_port": runtime.sync_port}

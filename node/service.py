@@ -17,6 +17,7 @@ from .docstate import DocState
 from .entries import build_entry
 from .errors import Conflict, Forbidden, Invalid, NotFound
 from .identity import load_or_create_identity, raw_public, verify
+from .homelock import lock_home
 from .ids import b32, new_id, now_ms, unb32
 from .ledger import Ledger
 from .rules import (bind_record_id, INVITE_MAX_DAYS, MAX_NAME, MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_date,
@@ -52,8 +53,13 @@ class Service:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
-        self.identity = load_or_create_identity(self.home)
-        self.store = Store(self.home / "crewnode.db")
+        self._lock = lock_home(self.home)
+        try:
+            self.identity = load_or_create_identity(self.home)
+            self.store = Store(self.home / "crewnode.db")
+        except BaseException:
+            self._lock.close()
+            raise
         self.ledger = Ledger(self.store)
         self.store.on_lost_writes = self._forget_unstored
         self._last_at = self.store.db.execute(
@@ -80,7 +86,10 @@ class Service:
         try:
             self.ledger.snapshot()
         finally:
-            self.store.close()
+            try:
+                self.store.close()
+            finally:
+                self._lock.close()
 
     def idle(self) -> None:
         """Work that waits for a quiet moment (worker.NodeThread calls it): recomputes put off
