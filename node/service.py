@@ -53,12 +53,12 @@ class Service:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
-        self._lock = lock_home(self.home)
+        lock = lock_home(self.home)
         try:
             self.identity = load_or_create_identity(self.home)
-            self.store = Store(self.home / "crewnode.db")
+            self.store = Store(self.home / "crewnode.db", hold=lock)    # the home is held while its store is open
         except BaseException:
-            self._lock.close()
+            lock.close()
             raise
         self.ledger = Ledger(self.store)
         self.store.on_lost_writes = self._forget_unstored
@@ -86,10 +86,7 @@ class Service:
         try:
             self.ledger.snapshot()
         finally:
-            try:
-                self.store.close()
-            finally:
-                self._lock.close()
+            self.store.close()
 
     def idle(self) -> None:
         """Work that waits for a quiet moment (worker.NodeThread calls it): recomputes put off

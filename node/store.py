@@ -29,7 +29,9 @@ _INSERT_PACKED = packed_rows.insert_sql("entries", ENTRY_COLUMNS)
 class Store:
     """Entries and snapshots in `home/crewnode.db`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, hold=None):
+        """`hold`: what keeps the home for this process (node.homelock), let go when the store closes."""
+        self._hold = hold
         # Autocommit outside `atomic()`: Python's implicit transactions would otherwise keep a
         # lone write uncommitted and turn the next `atomic()` into a savepoint that never commits.
         # Not bound to one thread: the writer thread uses it too, never at the same time.
@@ -152,6 +154,8 @@ class Store:
                 self._writer.shutdown()
             self.checkpointer.close()
             self._db.close()
+            if self._hold is not None:
+                self._hold.close()
 
     # -- entries ---------------------------------------------------------------------------
 
