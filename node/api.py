@@ -166,7 +166,8 @@ def get_agreement(aid):
 @api.patch("/agreements/<aid>")
 def revise_agreement(aid):
     data = body()
-    return node().call(Service.revise, aid, field(data, "title"), data.get("text", ""), data.get("review_by"))
+    given = {name: data[name] for name in ("title", "text", "review_by") if name in data}
+    return node().call(Service.revise, aid, **given)
 
 
 @api.post("/agreements/<aid>/retire")

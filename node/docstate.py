@@ -104,6 +104,30 @@ class Agreement:
         found = self.members.get(member)
         return found is not None and found.joined < self.first[0] and member != self.subject
 
+    def round_key(self, version: str) -> tuple:
+        """Where the round of `version` began in the fixed order: its proposal or its revision."""
+        revision = self.revisions.get(version)
+        return (revision.at, revision.hash) if revision is not None else self.first[0]
+
+    def may_answer(self, member: str, version: str) -> bool:
+        """Whether the rules take `member`'s answer to `version`: a removal's rounds are for those
+        entitled by its proposal (they settle who must consent to the cut); an agreement's each
+        round is for the members admitted before it began, so a new text asks those who came since."""
+        if self.kind == "removal":
+            return self.is_entitled(member)
+        found = self.members.get(member)
+        return found is not None and found.joined < self.round_key(version)
+
+    def asked_in(self, version: str) -> list:
+        """Who the round of `version` waits for, as far as the document's members go (the caller
+        keeps those still active): for an agreement, the members who were in when the round
+        began, so one who was out then and came back later does not reopen what was decided."""
+        if self.kind == "removal":
+            return self.entitled
+        key = self.round_key(version)
+        members = sorted(self.members.values(), key=lambda m: m.joined)
+        return [m.id for m in members if m.joined < key and m.status_at(key) == "active"]
+
     @property
     def versions(self) -> dict:
         """Version hash -> Version, the proposal's own text first."""
@@ -159,6 +183,11 @@ class Member:
 
     def settle_status(self) -> None:
         self.status = max(self.events)[1] if self.events else "active"
+
+    def status_at(self, key: tuple) -> str:
+        """The member's status just before `key` in the fixed order."""
+        before = [event for event in self.events if event[0] < key]
+        return max(before)[1] if before else "active"
 
 
 @dataclass

@@ -846,6 +846,17 @@ def agreement(aid):
     return render_agreement(aid)
 
 
+@pages.post("/agreements/<aid>/revise")
+def revise(aid):
+    try:
+        node().call(Service.revise, aid, field("title"), field("text"), field("review_by") or None)
+    except NodeError as exc:
+        if isinstance(exc, NotFound):
+            raise
+        return render_agreement(aid, "revise", exc.message, _error_status(exc))
+    return redirect(url_for(".agreement", aid=aid), 303)
+
+
 @pages.post("/agreements/<aid>/respond")
 def respond(aid):
     kind, doc_id = node().call(lambda s: (lambda st: (st.type, st.id))(s.find_agreement(aid)[0]))

@@ -261,11 +261,12 @@ def _respond(entry, author, state):
     op = entry.op
     agreement = _agreement(state, op)
     require(op.get("response") in RESPONSES, "response must be consent, object or stand_aside")
-    require(agreement.is_entitled(author), "you are not among the members entitled to respond to this agreement")
     reason = check_text(op.get("reason", ""), "reason", MAX_REASON, required=False)
     require(op["response"] != "object" or reason, "an objection needs a reason")
     if not agreement.has_version(_ref(op, "version", "version")):
         raise Pending("the version this responds to has not arrived")
+    require(agreement.may_answer(author, op["version"]),
+            "you are not among the members entitled to respond to this agreement")
 
 
 def _retire(entry, author, state):

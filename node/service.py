@@ -25,6 +25,9 @@ from .rules import (bind_record_id, INVITE_MAX_DAYS, MAX_NAME, MAX_REASON, MAX_T
 from .store import Store
 
 INVITE_DAYS = 7
+KEEP = object()                                   # Service.revise: a field not given stays as it is
+NOT_ASKED = ("this round began before you were a member, or while you were away: it is for those who were "
+             "in then; a new version of its text asks everyone who is in now")
 CLOCK_SKEW_MS = 10 * 60_000                       # see Service._clock
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"   # no 0/O, 1/I/L: read aloud without doubt
 
@@ -456,30 +459,48 @@ class Service:
         reason = _valid(check_text, reason or "", "reason", MAX_REASON, required=False)
         if response == "object" and not reason:
             raise Invalid("an objection needs a reason: say what would make it work for you")
-        if self.me not in agreement.entitled:
-            raise Forbidden("you are not among the members entitled to respond to this agreement")
+        if self.me not in agreement.asked_in(agreement.current.hash):
+            if agreement.kind == "removal":
+                raise Forbidden("you are not among the members entitled to respond to this agreement")
+            raise Forbidden(NOT_ASKED)
         if agreement.retired:
             raise Conflict("this agreement is retired")
+        self._not_carried_out(state, agreement)
         self._write(state.id, {"t": "respond", "agreement": aid, "version": agreement.current.hash,
                                "response": response, "reason": reason})
         return self.agreement_view(aid)
 
-    def revise(self, aid: str, title, text, review_by=None) -> dict:
-        """Edit an agreement's text: a new version, and a new consent round."""
+    def revise(self, aid: str, title=KEEP, text=KEEP, review_by=KEEP) -> dict:
+        """Edit an agreement's text: a new version, and a new consent round. What is not given
+        (KEEP) stays as the current version has it."""
         state, agreement = self.find_agreement(aid)
         self._writable(state)
-        title = _valid(check_text, title, "title", MAX_TITLE)
+        current = agreement.current
+        title = _valid(check_text, current.title if title is KEEP else title, "title", MAX_TITLE)
+        text = current.text if text is KEEP else text
         text = _valid(check_text, text if text is not None else "", "text", MAX_TEXT, required=False)
-        review_by = _valid(check_date, review_by, "review_by")
+        review_by = _valid(check_date, current.review_by if review_by is KEEP else review_by, "review_by")
         if agreement.retired:
             raise Conflict("this agreement is retired")
+        self._not_carried_out(state, agreement)
+        if (title, text, review_by) == (current.title, current.text, current.review_by):
+            # A new round would ask everyone again for the very same text.
+            raise Invalid("nothing changed: this is the current version's text")
         self._write(state.id, {"t": "revise", "agreement": aid, "title": title, "text": text, "review_by": review_by})
         return self.agreement_view(aid)
+
+    def _not_carried_out(self, state: DocState, agreement) -> None:
+        """Refuse to change a removal that has been carried out: its member is out, whatever
+        its round says next (they can come back with a new invite)."""
+        if agreement.kind == "removal" and any(x.agreement == agreement.id for x in state.exits.get(agreement.subject, ())):
+            raise Conflict(f"this removal has been carried out: {state.name_of(agreement.subject)} is removed. "
+                           "To have them back, invite them again")
 
     def retire(self, aid: str) -> dict:
         """Retire an agreement: it stays readable but is no longer in force."""
         state, agreement = self.find_agreement(aid)
         self._writable(state)
+        self._not_carried_out(state, agreement)
         if not agreement.retired:
             self._write(state.id, {"t": "retire", "agreement": aid})
         return self.agreement_view(aid)

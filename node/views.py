@@ -91,7 +91,7 @@ def facts_reader(state: DocState):
         if hit is not None and hit[0] == key:
             return hit[1]
         current = agreement.current
-        entitled = [m for m in agreement.entitled if m in active]
+        entitled = [m for m in agreement.asked_in(current.hash) if m in active]
         given = current_responses(agreement, current.hash)
         answers = [given.get(m) for m in entitled]
         if agreement.retired:
@@ -147,7 +147,7 @@ def agreement_view(state: DocState, agreement: Agreement, names: DocState | None
         "version": current.hash,
         "versions": [{"title": v.title, "text": v.text, "review_by": v.review_by, "by": v.author,
                       "at": iso(v.at), "current": v.hash == current.hash} for v in versions],
-        "names": {m: names.name_of(m) for m in {agreement.proposed_by, *entitled}},
+        "names": {m: names.name_of(m) for m in {agreement.proposed_by, *entitled, *(v.author for v in versions)}},
     }
 
 

@@ -491,6 +491,52 @@ def test_a_change_from_a_second_node_appears_without_reload(node_factory, page):
     assert page.evaluate("window.__sameDocument") is True
 
 
+@needs_sync
+def test_a_new_version_from_the_page_asks_a_member_who_came_since(node_factory, browser):
+    ada = node_factory.start(name="Ada")
+    bea = node_factory.start(name="Bea")
+    cid = api_congregation(ada)
+    aid = ada.api("POST", f"/api/congregations/{cid}/agreements",
+                  {"title": "Quiet hours", "text": "No music after ten."}, expect=201)[1]["id"]
+    code = api_invite(ada, cid)
+    bea.api("POST", "/api/join", {"code": code, "address": ada.sync_address}, expect=202)
+    bea.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    ada_page = browser.new_context().new_page()
+    bea_page = browser.new_context().new_page()
+    try:
+        # Bea came after the round began: her page says why it does not ask her
+        open_node(bea_page, bea)
+        bea_page.goto(f"{bea.base}/agreements/{aid}")
+        expect(bea_page.locator("#live-status")).to_have_text("Live")
+        bea_card = card(bea_page, "Quiet hours")
+        expect(bea_card).to_contain_text("This round began before you were a member")
+        expect(bea_card.get_by_role("button", name="Consent")).to_have_count(0)
+
+        # Ada proposes a new version from the page: the same text again is refused
+        open_node(ada_page, ada)
+        ada_page.goto(f"{ada.base}/agreements/{aid}")
+        ada_page.get_by_text("Propose a new version").click()
+        expect(ada_page.get_by_label("Text")).to_have_value("No music after ten.")
+        ada_page.get_by_role("button", name="Propose this version").click()
+        expect(ada_page.get_by_role("alert")).to_contain_text("nothing changed")
+        ada_page.get_by_label("Text").fill("No music after eleven, Fridays midnight.")
+        ada_page.get_by_role("button", name="Propose this version").click()
+        ada_card = card(ada_page, "Quiet hours")
+        expect(ada_card).to_contain_text("No music after eleven, Fridays midnight.")
+        expect(ada_card).to_contain_text("version 2, by you")
+        expect(ada_card).to_contain_text("Open round")
+
+        # ... which reaches Bea's open page, and asks her too
+        bea.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+        expect(bea_card.get_by_role("button", name="Consent")).to_be_visible(timeout=LIVE_TIMEOUT)
+        expect(bea_card).to_contain_text("version 2, by Ada")
+        bea_card.get_by_role("button", name="Consent").click()
+        expect(card(bea_page, "Quiet hours")).to_contain_text("Open round")     # Ada has not answered yet
+    finally:
+        ada_page.context.close()
+        bea_page.context.close()
+
+
 def test_phone_width_never_scrolls_sideways(node_factory, browser):
     node = node_factory.start(name="Ada")
     long_word = "Supercalifragilistic" * 7

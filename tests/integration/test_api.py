@@ -199,6 +199,21 @@ def test_responses(ada):
     assert ada.api("GET", f"/api/agreements/{aid}")[1]["status"] == "agreed"
 
 
+def test_a_new_version_keeps_what_is_not_given_and_must_change_something(ada):
+    cid = ada.api("POST", "/api/congregations", {"name": "Versions"}, expect=201)[1]["id"]
+    aid = ada.api("POST", f"/api/congregations/{cid}/agreements",
+                  {"title": "Quiet hours", "text": "After ten", "review_by": "2027-03-01"}, expect=201)[1]["id"]
+    _, revised = ada.api("PATCH", f"/api/agreements/{aid}", {"text": "After eleven"}, expect=200)
+    assert (revised["title"], revised["text"], revised["review_by"]) == ("Quiet hours", "After eleven", "2027-03-01")
+    _, revised = ada.api("PATCH", f"/api/agreements/{aid}", {"review_by": None}, expect=200)
+    assert (revised["text"], revised["review_by"]) == ("After eleven", None)
+    # the same text again would only ask everyone again
+    for same in ({}, {"title": "Quiet hours"}, {"text": "After eleven", "review_by": None}):
+        status, answer = ada.api("PATCH", f"/api/agreements/{aid}", same)
+        assert status == 400 and "nothing changed" in answer["error"], same
+    assert len(ada.api("GET", f"/api/agreements/{aid}", expect=200)[1]["versions"]) == 3
+
+
 def test_commitments_create_and_patch(ada):
     world = make_world(ada, "Committed")
     me = ada.api("GET", "/api/me")[1]["id"]

@@ -180,6 +180,11 @@ def test_removal_by_consent(world):
         assert kept["proposed_by"] == world.id(di)
         assert node.api("GET", f"/api/agreements/{agreement['id']}", expect=200)[1]["status"] == "agreed"
         assert node.api("GET", f"/api/agreements/{after_cut['id']}")[0] == 404
+    # Carried out, the removal cannot be reopened, answered again or retired: Di is out either way.
+    for method, path, body in (("PATCH", "", {"text": "on second thoughts"}), ("POST", "/retire", None),
+                               ("POST", "/responses", {"response": "object", "reason": "too harsh"})):
+        status, answer = cy.api(method, f"/api/agreements/{agreement['id']}{path}", body)
+        assert status == 409 and "has been carried out" in answer["error"], (path, answer)
     # Di's own node tells Di, and refuses Di's writes.
     assert view(di, cid)["my_status"] == "removed"
     listed = next(c for c in di.api("GET", "/api/congregations", expect=200)[1] if c["id"] == cid)

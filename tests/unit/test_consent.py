@@ -182,6 +182,50 @@ def test_revising_the_text_starts_a_new_round(world):
     assert status_everywhere(world, aid) == "agreed"
 
 
+def test_a_new_round_asks_the_members_who_came_since(world):
+    """Dee joins mid-round: that round is not hers, but a new text asks her too."""
+    aid = propose(world)
+    dee = service(world.tmp, "Dee")
+    admit(world.ada, world.cid, dee.me, "Dee")
+    copy_docs(world.ada, dee)
+    with pytest.raises(Forbidden, match="began before you were a member"):
+        dee.respond(aid, "consent")
+    world.bea.revise(aid, "Quiet after ten", "No music after 22:00, weekdays only")
+    everyone = (*world.all, dee)
+    sync_all(*everyone)
+    assert dee.me in dee.agreement_view(aid)["entitled"]
+    for svc in world.all:
+        svc.respond(aid, "consent")
+    sync_all(*everyone)
+    assert {svc.agreement_view(aid)["status"] for svc in everyone} == {"proposed"}    # waits for Dee
+    dee.respond(aid, "consent")
+    sync_all(*everyone)
+    assert {svc.agreement_view(aid)["status"] for svc in everyone} == {"agreed"}
+    dee.close()
+
+
+def test_a_member_back_after_leaving_does_not_reopen_what_was_decided(world):
+    """Cy leaves; a round is decided without her; her coming back does not reopen it, and she
+    cannot block it, but the next text of it asks her."""
+    world.cy.leave(world.cid)
+    sync_all(*world.all)
+    aid = propose(world)
+    world.ada.respond(aid, "consent")
+    world.bea.respond(aid, "consent")
+    assert status_everywhere(world, aid) == "agreed"
+    admit(world.bea, world.cid, world.cy.me, "Cy")                # back with a new invite
+    assert status_everywhere(world, aid) == "agreed"
+    assert world.ada.agreement_view(aid)["waiting_for"] == []
+    with pytest.raises(Forbidden, match="while you were away"):
+        world.cy.respond(aid, "object", "I was not here")
+    assert status_everywhere(world, aid) == "agreed"
+    world.ada.revise(aid, "Quiet after ten", "No music after 22:00, weekdays only")
+    sync_all(*world.all)
+    assert world.cy.me in world.cy.agreement_view(aid)["entitled"]
+    world.cy.respond(aid, "object", "weekends too, please")
+    assert status_everywhere(world, aid) == "objected"
+
+
 def test_response_to_an_earlier_version_does_not_count(world):
     """Cy answers the text she saw; Ada revised meanwhile: Cy's answer is for the old round."""
     aid = propose(world)
