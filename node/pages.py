@@ -573,6 +573,16 @@ def render_peers(form=None, error=None, status=200):
     return _render("peers.html", data, form, error, status, live_url=url_for(".peers_page"))
 
 
+def sync_addresses() -> list[str]:
+    """The addresses at which another member's node can reach this node's sync listener: the
+    machine's LAN addresses when it listens on all of them, else the one it listens on."""
+    engine = _engine()
+    host = getattr(engine, "host", None)
+    if host is None:
+        return []
+    return lan_addresses() if host in ("0.0.0.0", "::", "") else [host]
+
+
 def lan_addresses() -> list[str]:
     """This machine's IPv4 addresses other than loopback (what another member types to reach it)."""
     try:
@@ -589,7 +599,7 @@ def lan_addresses() -> list[str]:
 
 def render_settings(form=None, error=None, status=200):
     data = {"me": node().call(Service.me_view), "saved": request.args.get("note") == "name",
-            "addresses": lan_addresses(),
+            "addresses": sync_addresses(),
             "devices_url": url_for("carry_pages.devices_page") if "carry_pages.devices_page" in current_app.view_functions
             else None}
     return _render("settings.html", data, form, error, status, live_url=url_for(".settings"))
@@ -738,7 +748,7 @@ def create_invite(cid):
     handle = secrets.token_urlsafe(9)
     sync_port = node().call(Service.me_view).get("sync_port")
     kept[handle] = {**invite, "note": field("note").strip(), "qr": qr_svg(invite["code"]), "made": time.time(),
-                    "addresses": [f"{ip}:{sync_port}" for ip in lan_addresses()] if sync_port else []}
+                    "addresses": [f"{ip}:{sync_port}" for ip in sync_addresses()] if sync_port else []}
     while len(kept) > INVITES_KEPT:
         kept.popitem(last=False)
     return redirect(url_for(".congregation", cid=cid, invite=handle) + "#invite", 303)

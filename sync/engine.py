@@ -103,6 +103,7 @@ class SyncEngine:
 
     def __init__(self, node, host: str = "0.0.0.0", port: int = 8471):
         self.node = node
+        self.host = host
         self.identity = node.call(lambda s: s.identity)
         self.server = SyncServer(host, port, self.identity.device_key, self.identity.cert_blob,
                                  verify_peer, self.handle)
