@@ -145,6 +145,13 @@ def fork_congregation(service, cid: str, name, crews, members) -> dict:
             raise Invalid(f"{crew} is not a crew of this congregation that you belong to")
         if not service._is_active(mine[crew]):
             raise Conflict(f"you are no longer an active member of crew {crew}")
+        # A crew goes with its people: one left behind would be in a crew whose congregation
+        # they are not in, and never receive it (nor the names it shows).
+        behind = [m for m in mine[crew].active_members() if m not in chosen]
+        if behind:
+            names = ", ".join(parent.name_of(m) for m in behind)
+            raise Invalid(f"{mine[crew].meta_value('name')} goes with the new congregation, but its members "
+                          f"{names} do not: choose them too, or leave the crew here")
     from . import views
     inherited = [{"id": a["id"], "kind": a["kind"], "title": a["title"], "text": a["text"],
                   "status": a["status"], "review_by": a["review_by"]} for a in views.agreements_view(parent)]
