@@ -288,8 +288,10 @@ def import_bundle(ledger, identity, data: bytes):
 def _member_id(member) -> str:
     try:
         return check_member_id(member, "member id")
-    except ValueError as exc:
-        raise Invalid(str(exc)) from None
+    except ValueError:
+        shown = repr(member) if len(str(member)) <= 70 else repr(str(member)[:60] + "…")
+        raise Invalid(f"{shown} is not a member id: a member id is 52 lowercase letters and digits, "
+                      "as shown on their Settings page") from None
 
 
 # -- backups ------------------------------------------------------------------------------------
@@ -326,9 +328,11 @@ def open_backup(data: bytes, passphrase: str) -> tuple[Ed25519PrivateKey, dict, 
         if kdf["name"] != "scrypt" or not all(isinstance(x, int) for x in (n, r, p)) \
                 or not (2 <= n <= MAX_SCRYPT_N and 1 <= r <= 32 and 1 <= p <= 16) or len(check) != 28:
             raise ValueError
+        if n & (n - 1):                   # scrypt takes only powers of two
+            raise ValueError
+        key = _scrypt(passphrase, salt, n, r, p)
     except (KeyError, TypeError, ValueError):
         raise Damaged("the backup is damaged (its header is incomplete); nothing was restored") from None
-    key = _scrypt(passphrase, salt, n, r, p)
     try:
         ChaCha20Poly1305(key).decrypt(check[:12], check[12:], b"crewnode-backup-v1 passphrase check" + salt)
     except InvalidTag:
@@ -480,7 +484,12 @@ def parse_pair_code(code) -> tuple[bytes, bytes, str]:
         raw = b""
     if len(raw) != 20:
         raise Invalid("this pairing code is incomplete or mistyped: copy it again")
-    return raw[:10], raw[10:], address.strip()
+    address = address.strip()
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f"{address!r} is not an address (the end of a pairing code is host:port, like "
+                      "192.168.1.20:8471): copy all of the code again")
+    return raw[:10], raw[10:], address
 
 
 def new_pairing(service, address: str, label: str = "") -> dict:

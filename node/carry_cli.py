@@ -156,19 +156,49 @@ def _with_home(home: Path, fn):
         service.close()
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse, in words, a FILE that cannot be written: checked before the work (a backup's
+    passphrase, sealing a bundle) rather than after it."""
+    path = Path(path)
+    if path.is_dir():
+        raise CliError(f"cannot write {path}: it is a folder; give the name of a file to write in it")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise CliError(f"cannot write {path}: {path.parent} is a file, not a folder")
+    if not path.parent.exists():
+        raise CliError(f"cannot write {path}: no such folder {path.parent}")
+
+
+def _check_new_home(home: Path, verb: str) -> None:
+    """Refuse a home that is not a new (or empty) folder, before anything is asked or contacted:
+    a node must never move in among someone's files."""
+    home = Path(home)
+    if home.exists() and not home.is_dir():
+        raise CliError(f"{home} is a file, not a folder: {verb} into a new folder")
+    if home.exists() and any(home.iterdir()):
+        raise CliError(f"{home} already exists and is not empty: {verb} into a new folder")
+    # The folders above it are made as needed; a file on the way would stop that midway.
+    above = next(parent for parent in home.absolute().parents if parent.exists())
+    if not above.is_dir():
+        raise CliError(f"cannot make the folder {home}: {above} is a file, not a folder")
+
+
 def _write_file(path: Path, data: bytes, private: bool = False) -> None:
     path = Path(path)
+    _check_writable(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:          # no permission, a full disk: nothing was written
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _read_file(path: Path) -> bytes:
@@ -208,13 +238,15 @@ def _guard(fn):
 def bundle_export(args) -> int:
     """`crewnode bundle export FILE --for MEMBER_ID`."""
     from . import carry
+    member = args.member.strip()        # an id copied from a page often brings a space along
+    _check_writable(args.file)
     running = running_node(args.home)
     if running:
-        data = _api(running, "GET", "/api/bundles?for=" + urllib.parse.quote(args.member), raw=True)
+        data = _api(running, "GET", "/api/bundles?for=" + urllib.parse.quote(member), raw=True)
     else:
-        data = _with_home(args.home, lambda s: carry.export_bundle(s.store, s.states, s.identity, args.member))
+        data = _with_home(args.home, lambda s: carry.export_bundle(s.store, s.states, s.identity, member))
     _write_file(args.file, data)
-    print(f"wrote {args.file} ({len(data) // 1024 + 1} KiB), sealed for member {args.member[:12]}…: "
+    print(f"wrote {args.file} ({len(data) // 1024 + 1} KiB), sealed for member {member[:12]}…: "
           "only their devices can open it")
     return 0
 
@@ -250,6 +282,7 @@ def backup_cmd(args) -> int:
     if identity.person_key is None:
         raise CliError("this device does not hold your person key (it was paired as a second device): "
                        "make the backup on your first device")
+    _check_writable(args.file)
     passphrase = _passphrase(confirm=True)
     store = Store(Path(args.home) / "crewnode.db")
     try:
@@ -269,8 +302,7 @@ def restore_cmd(args) -> int:
     from .service import Service
     data = _read_file(args.file)
     home = Path(args.home)
-    if home.exists() and (not home.is_dir() or any(home.iterdir())):
-        raise CliError(f"{home} already exists and is not empty: restore into a new folder")
+    _check_new_home(home, "restore")
     done = carry.restore(data, _passphrase(confirm=False), home, Service)
     print(f"restored member {done['member'][:12]}… into {home} as a new device ({done['device'][:12]}…): "
           f"{done['entries']} entries. Start it with `crewnode serve --home {home}`.")
@@ -315,6 +347,7 @@ def device_join(args) -> int:
     home = Path(args.home)
     if load_identity(home) is not None:
         raise CliError(f"{home} already holds a node; a new device needs a new folder")
+    _check_new_home(home, "join")
     secret, pin, address = carry.parse_pair_code(args.code)
     device_key, seal_key = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
     device_pub, seal_pub = raw_public(device_key), raw_seal_public(seal_key)

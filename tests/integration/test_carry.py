@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ def crewnode(*args, passphrase: str | None = PASSPHRASE, check: bool | None = Tr
     elif check is False:
         assert done.returncode != 0, f"crewnode {' '.join(map(str, args))} should have failed:\n{done.stdout}"
         assert done.stderr.strip(), "a refusal says why"
+        assert "Traceback" not in done.stderr, f"a refusal says why in words, not in a traceback:\n{done.stderr}"
     return done
 
 
@@ -135,6 +138,31 @@ def test_a_damaged_bundle_is_refused_whole(node_factory, tmp_path, damage):
     assert not (agreement_titles(bob, cid) & {"news 0", "news 1", "news 2"})
 
 
+def test_bundle_export_takes_a_member_id_pasted_with_spaces(node_factory, tmp_path):
+    ada = node_factory(name="Ada")
+    congregation_with(ada)
+    bundle = tmp_path / "b.crewbundle"
+    crewnode("bundle", "export", bundle, "--for", f" {member_id(ada)}\n", "--home", ada.home)
+    assert bundle.exists()
+    refused = crewnode("bundle", "export", tmp_path / "c", "--for", "ada", "--home", ada.home, check=False)
+    assert "'ada' is not a member id: a member id is 52 lowercase letters and digits" in refused.stderr
+
+
+def test_export_and_backup_refuse_a_missing_folder_or_a_folder_in_words(node_factory, tmp_path):
+    ada = node_factory(name="Ada")
+    congregation_with(ada)
+    missing, folder = tmp_path / "no-such-folder" / "x.crewfile", tmp_path / "a-folder"
+    folder.mkdir()
+    for command in (["bundle", "export"], ["backup"]):
+        for_ada = ["--for", member_id(ada)] if command[0] == "bundle" else []
+        refused = crewnode(*command, missing, *for_ada, "--home", ada.home, check=False)
+        assert f"cannot write {missing}: no such folder {missing.parent}" in refused.stderr
+        refused = crewnode(*command, folder, *for_ada, "--home", ada.home, check=False)
+        assert f"cannot write {folder}: it is a folder" in refused.stderr
+    assert not missing.parent.exists() and not any(folder.iterdir())
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
 # -- backup and restore -------------------------------------------------------------------------
 
 def test_restore_after_losing_the_home_continues_the_same_member_without_a_fork(node_factory, tmp_path):
@@ -174,7 +202,7 @@ def test_restore_after_losing_the_home_continues_the_same_member_without_a_fork(
     assert old == list(range(1, len(old) + 1))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip-middle", "flip-last"])
+@pytest.mark.parametrize("damage", ["truncate", "flip-middle", "flip-last", "kdf-parameter"])
 def test_a_damaged_backup_restores_nothing(node_factory, tmp_path, damage):
     ada = node_factory(name="Ada")
     congregation_with(ada)
@@ -183,6 +211,9 @@ def test_a_damaged_backup_restores_nothing(node_factory, tmp_path, damage):
     data = bytearray(backup.read_bytes())
     if damage == "truncate":
         data = data[:-100]
+    elif damage == "kdf-parameter":                # no longer a power of two: scrypt cannot take it
+        assert b'"n":131072' in data
+        data = data.replace(b'"n":131072', b'"n":131073', 1)
     else:
         data[len(data) // 2 if damage == "flip-middle" else -1] ^= 0x40
     backup.write_bytes(bytes(data))
@@ -200,6 +231,9 @@ def test_backup_needs_a_passphrase_and_restore_a_new_home(node_factory, tmp_path
     crewnode("backup", tmp_path / "b", "--home", ada.home)
     refused = crewnode("restore", tmp_path / "b", "--home", ada.home, check=False)
     assert "not empty" in refused.stderr
+    (tmp_path / "a-file").write_text("not a folder")
+    refused = crewnode("restore", tmp_path / "b", "--home", tmp_path / "a-file" / "sub", check=False)
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in refused.stderr
 
 
 # -- a second device ----------------------------------------------------------------------------
@@ -261,6 +295,28 @@ def test_a_second_device_joins_writes_and_is_retired(node_factory, tmp_path):
     assert whats == ["Water the beans"]                              # its earlier entries stay
 
 
+def test_device_join_leaves_a_folder_in_use_alone(node_factory, tmp_path):
+    ada = node_factory(name="Ada")
+    code = crewnode("device", "add", "--home", ada.home).stdout.strip()
+    mine = tmp_path / "my-files"
+    mine.mkdir(mode=0o755)
+    (mine / "notes.txt").write_text("mine")
+    refused = crewnode("device", "join", code, "--home", mine, check=False)
+    assert f"{mine} already exists and is not empty: join into a new folder" in refused.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and mine.stat().st_mode & 0o777 == 0o755
+    (tmp_path / "a-file").write_text("not a folder")
+    refused = crewnode("device", "join", code, "--home", tmp_path / "a-file" / "sub", check=False)
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in refused.stderr
+    crewnode("device", "join", code, "--home", tmp_path / "phone")   # the one-time code is still unused
+
+
+def test_device_join_says_when_the_code_holds_no_address(tmp_path):
+    code = "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4567@nonsense"
+    refused = crewnode("device", "join", code, "--home", tmp_path / "phone", check=False)
+    assert "'nonsense' is not an address" in refused.stderr
+    assert not (tmp_path / "phone").exists()
+
+
 # -- exports ------------------------------------------------------------------------------------
 
 def test_congregation_json_and_crew_calendar(node_factory):
@@ -299,3 +355,43 @@ def test_every_carry_command_has_help():
                  ["device", "join"]):
         done = crewnode(*args, "--help")
         assert "usage: crewnode " + " ".join(args) in done.stdout
+
+
+# -- one process at a time on a home (node.homelock) -----------------------------------------------
+
+def test_a_second_node_on_the_same_home_is_refused(node_factory):
+    ada = node_factory(name="Ada")
+    ports = (ada.home / "ports.json").read_text()
+    second = crewnode("serve", "--home", ada.home, "--port", "0", "--sync-port", "0", "--sync-host", "127.0.0.1",
+                      "--no-discovery", "--no-browser", check=False, timeout=60)
+    assert "already running for" in second.stderr and "Traceback" not in second.stderr
+    # the first node goes on, its ports as they were
+    assert (ada.home / "ports.json").read_text() == ports
+    cid = ada.api("POST", "/api/congregations", {"name": "Still here"}, expect=201)[1]["id"]
+    assert ada.api("GET", f"/api/congregations/{cid}", expect=200)[1]["name"] == "Still here"
+
+
+def test_a_command_waits_for_a_busy_node_rather_than_going_round_it(node_factory, tmp_path):
+    ada, bob = node_factory(name="Ada"), node_factory(name="Bob")
+    cid = congregation_with(ada, bob)
+    speak(bob, cid, "hello")
+    bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    speak(ada, cid, "Carried while Bob's node was busy")
+    bundle = tmp_path / "b.crewbundle"
+    crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", ada.home)
+    # Bob's node does not answer for a while (as in a long recompute): the import waits for it.
+    bob.proc.send_signal(signal.SIGSTOP)
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "CREWNODE_HOME"}
+        importing = subprocess.Popen([sys.executable, "-m", "node.cli", "bundle", "import", str(bundle),
+                                      "--home", str(bob.home)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and importing.poll() is None:
+            time.sleep(0.1)
+    finally:
+        bob.proc.send_signal(signal.SIGCONT)
+    out, err = importing.communicate(timeout=120)
+    assert importing.returncode == 0, err
+    assert "imported 1 new entries" in out
+    assert "Carried while Bob's node was busy" in agreement_titles(bob, cid)   # taken by the node itself
