@@ -293,10 +293,11 @@ class Service:
         names = self.states.get(state.congregation) if state.congregation else state
         out = []
         from .entries import decode_entry
-        for author, device, seq, at, raw in self.store.history(doc_id, limit):
+        for author, device, seq, at, raw, void in self.store.history(doc_id, limit):
             entry = decode_entry(raw)
             out.append({"author": author, "author_name": (names or state).name_of(author), "device": device,
-                        "seq": seq, "at": views.iso(at), "summary": summarize(entry, state, names or state)})
+                        "seq": seq, "at": views.iso(at), "summary": summarize(entry, state, names or state),
+                        "void": void})
         return out
 
     # -- invites -------------------------------------------------------------------------------

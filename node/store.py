@@ -317,9 +317,10 @@ class Store:
             "SELECT device, MAX(seq) FROM entries WHERE doc = ? AND rowid <= ? GROUP BY device", [doc, rowid]).fetchall())
 
     def history(self, doc: str, limit: int = 500) -> list[tuple]:
-        """(author, device, seq, at, raw) newest first."""
+        """(author, device, seq, at, raw, why it does not count or None) newest first."""
         return self.db.execute(
-            "SELECT author, device, seq, at, raw FROM entries WHERE doc = ? ORDER BY at DESC, rowid DESC LIMIT ?",
+            "SELECT author, device, seq, at, raw, CASE WHEN status = 'void' THEN COALESCE(reason, '') END"
+            " FROM entries WHERE doc = ? ORDER BY at DESC, rowid DESC LIMIT ?",
             [doc, limit]).fetchall()
 
     def heads(self) -> dict[tuple, tuple]:

@@ -211,6 +211,12 @@ def test_propose_a_removal_then_the_removed_member_sees_it(node_factory, browser
         section = ada_page.get_by_role("region", name="Entries that do not count")
         expect(section).to_contain_text("Cy proposed “Cy's late idea”")
         expect(section).to_contain_text("written after its author was removed")
+        # ... and so does the history, next to the entry
+        ada_page.goto(f"{ada.base}/c/{cid}/history")
+        late = ada_page.locator("ol.history li", has_text="Cy's late idea")
+        expect(late).to_contain_text("does not count (written after its author was removed)")
+        expect(ada_page.locator("ol.history li", has_text="Ada created the congregation")).not_to_contain_text("does not count")
+        ada_page.goto(f"{ada.base}/c/{cid}")
 
         ada_page.set_viewport_size(PHONE)
         expect_fits_a_phone(ada_page, "the congregation page with a removal")

@@ -173,6 +173,10 @@ def test_removal_by_consent(world):
         seen = view(node, cid)
         assert {m["id"]: m["status"] for m in seen["members"]}[world.id(di)] == "removed"
         assert entry_status(node, late) == ("void", "written after its author was removed")
+        # the history marks what does not count, and why
+        history = {h["summary"]: h["void"] for h in node.api("GET", f"/api/congregations/{cid}/history", expect=200)[1]}
+        assert history["proposed “Di after”"] == "written after its author was removed"
+        assert history["proposed “Di before”"] is None
         assert late in {v["hash"] for v in seen["void_entries"]}
         assert "Di after" not in {a["title"] for a in seen["agreements"]}
         # What Di wrote before the cut stays, attributed.

@@ -29,7 +29,7 @@ def digest(svc: Service) -> dict:
                      "members": views.member_list(state), "agreements": views.agreements_view(state)}
         else:
             shown = views.crew_view(state, names)
-        history = sorted((a, d, s, at) for a, d, s, at, _ in svc.store.history(doc))
+        history = sorted((a, d, s, at) for a, d, s, at, *_ in svc.store.history(doc))
         out[doc] = {"type": state.type, "view": shown, "vector": dict(state.vector), "count": state.count,
                     "history": history}
     return out
