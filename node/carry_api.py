@@ -190,6 +190,9 @@ def devices_pair():
 @carry_pages.post("/devices/<device>/retire")
 def devices_retire(device):
     try:
+        # (the browser asks for the box first; this is for when it did not)
+        if request.form.get("confirm") != "yes":
+            raise Invalid("tick “I want to retire it, for good” to confirm, then press Retire again")
         node().call(carry.retire_device, device)
     except NodeError as exc:
         return _page(error=exc.message, status=exc.status)

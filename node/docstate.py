@@ -403,7 +403,7 @@ class DocState:
                           for key, resume in self.effective_readmissions.get(member, ()))
             if not resumed:
                 return {"left": "written after its author left", "removed": "written after its author was removed",
-                        "retired": "written by a device after it was retired"}[exit_.kind]
+                        "retired": "written by a retired device, beyond what its member's node had of it when retiring it"}[exit_.kind]
         return None
 
     def admitted_through(self, member: str, devices: dict, before: tuple) -> set[str]:
