@@ -25,6 +25,7 @@ from .rules import (bind_record_id, INVITE_MAX_DAYS, MAX_NAME, MAX_REASON, MAX_T
 from .store import Store
 
 INVITE_DAYS = 7
+RETIRED_NOTE = "device_retired"                  # kv: a peer's refusal of this device as retired
 KEEP = object()                                   # Service.revise: a field not given stays as it is
 NOT_ASKED = ("this round began before you were a member, or while you were away: it is for those who were "
              "in then; a new version of its text asks everyone who is in now")
@@ -188,7 +189,27 @@ class Service:
     def me_view(self) -> dict:
         """GET /api/me."""
         return {"id": self.me, "name": self.my_name(), "device": self.identity.device_id,
-                "sync_port": self.sync_port}
+                "sync_port": self.sync_port, "device_retired": self.device_retired()}
+
+    def note_retired(self, by: str) -> None:
+        """A node of member `by` refused this device as retired: it holds the retirement, which
+        may not have reached this node (the only way here would be a sync it now refuses)."""
+        self.store.put(RETIRED_NOTE, {"by": by, "by_name": self._name_anywhere(by), "at": views.iso(now_ms())})
+
+    def device_retired(self) -> dict | None:
+        """{"by", "by_name", "at"} when this device is known to be retired (by a peer's refusal, or
+        by its retirement held here: then "by" is None), else None."""
+        from .carry import retired_devices
+        if self.identity.device_id in retired_devices(self.states):
+            return {"by": None, "by_name": None, "at": None}
+        return self.store.get(RETIRED_NOTE)
+
+    def _name_anywhere(self, member: str) -> str:
+        """A member's name as any document held here has it."""
+        for state in self.states.values():
+            if member in state.members:
+                return state.name_of(member)
+        return f"member {member[:8]}"
 
     def set_name(self, name) -> dict:
         """Rename me here and in every congregation I belong to."""

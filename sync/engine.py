@@ -21,6 +21,7 @@ from .transport import SyncClient, SyncServer, TransportError
 
 log = logging.getLogger(__name__)
 JOIN_RETRY_S = 5.0
+RETIRED_WORDS = "this device was retired by its member"
 
 
 def verify_peer(device_public: bytes, cert_blob: bytes) -> str:
@@ -171,7 +172,7 @@ class SyncEngine:
         document with me).
         """
         if carry.is_retired(service, device):
-            return 403, _error("this device was retired by its member"), 0.0, False
+            return 403, _error(RETIRED_WORDS), 0.0, False
         started = time.monotonic()
         self.ingesting_from = member
         try:
@@ -269,6 +270,10 @@ class SyncEngine:
         try:
             return client.call(name, body)
         except TransportError as exc:
+            if exc.status == 403 and exc.message == RETIRED_WORDS:
+                # This node may never learn otherwise: the member's other nodes refuse to sync with it.
+                member = client.peer_member_id
+                self.node.call(lambda service: service.note_retired(member))
             raise Unreachable(f"the peer refused {name}: {exc}") from None
 
     # -- joining -------------------------------------------------------------------------------------

@@ -5,12 +5,14 @@ homes that are being served (node_factory) or not.
 """
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,14 @@ def agreement_titles(node, cid) -> set[str]:
 
 def entry_count(node, cid) -> int:
     return len(node.api("GET", f"/api/congregations/{cid}/history", expect=200)[1])
+
+
+def home_page(node) -> str:
+    """The node's home page as a member's browser gets it (the token link, then the session)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    with opener.open(node.url, timeout=30) as resp:
+        return resp.read().decode()
 
 
 def speak(node, cid, title):
@@ -285,8 +295,13 @@ def test_a_second_device_joins_writes_and_is_retired(node_factory, tmp_path):
     bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
 
     # Bob's node refuses the retired device outright, and its later entries even when carried by hand.
+    assert phone.api("GET", "/api/me", expect=200)[1]["device_retired"] is None
     status, answer = phone.api("POST", "/api/sync", {"address": bob.sync_address})
     assert status >= 400 and "retired" in answer["error"]
+    # ... and the phone's node says so from then on, to whoever picks it up
+    told = phone.api("GET", "/api/me", expect=200)[1]["device_retired"]
+    assert told["by"] == member_id(bob) and told["by_name"] == "Bob"
+    assert "This device was retired" in home_page(phone)
     bundle = tmp_path / "from-phone.crewbundle"
     phone.stop()
     crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", phone_home)
