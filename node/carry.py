@@ -300,13 +300,16 @@ def _scrypt(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
 
 
+MIN_PASSPHRASE = 8
+
+
 def make_backup(store, identity, passphrase: str) -> bytes:
     """Everything needed to carry on as this member: person key, settings, all entries."""
     if identity.person_key is None:
         raise Forbidden("this device does not hold your person key (it was paired as a second device): "
                         "make backups on the device that does")
-    if not isinstance(passphrase, str) or len(passphrase) < 8:
-        raise Invalid("a backup passphrase needs at least 8 characters")
+    if not isinstance(passphrase, str) or len(passphrase) < MIN_PASSPHRASE:
+        raise Invalid(f"a backup passphrase needs at least {MIN_PASSPHRASE} characters")
     settings = {k: store.get(k) for k in KEEP_SETTINGS if store.get(k) is not None}
     meta = {"member": identity.person_id, "person_key": b64(raw_private(identity.person_key)),
             "device": identity.device_id, "settings": settings, "at": now_ms()}

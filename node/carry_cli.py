@@ -214,7 +214,10 @@ def _passphrase(confirm: bool) -> str:
         return given
     if not sys.stdin.isatty():
         raise CliError("no passphrase: set $CREWNODE_PASSPHRASE, or run this in a terminal to be asked")
+    from .carry import MIN_PASSPHRASE
     first = getpass.getpass("Passphrase: ")
+    if confirm and len(first) < MIN_PASSPHRASE:          # said now, not after typing it twice
+        raise CliError(f"a backup passphrase needs at least {MIN_PASSPHRASE} characters; nothing was written")
     if confirm and getpass.getpass("Passphrase again: ") != first:
         raise CliError("the two passphrases differ; nothing was written")
     return first
@@ -256,6 +259,8 @@ def bundle_import(args) -> int:
     """`crewnode bundle import FILE`."""
     from . import carry
     data = _read_file(args.file)
+    if not data:
+        raise CliError(f"{args.file} is empty: not a crewnode bundle")
     running = running_node(args.home)
     if running:
         result = _api(running, "POST", "/api/import", data, "application/octet-stream")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,58 @@ def test_bundle_import_into_a_serving_node_shows_at_once(node_factory, tmp_path)
     crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", ada.home)  # Ada not serving
     crewnode("bundle", "import", bundle, "--home", bob.home)                           # Bob serving
     assert "Carried by hand" in agreement_titles(bob, cid)          # no restart: the node took it
+
+
+def test_an_empty_bundle_file_is_refused_in_words(node_factory, tmp_path):
+    bob = node_factory(name="Bob")
+    empty = tmp_path / "empty.crewbundle"
+    empty.write_bytes(b"")
+    refused = crewnode("bundle", "import", empty, "--home", bob.home, check=False)
+    assert f"{empty} is empty: not a crewnode bundle" in refused.stderr
+
+
+def test_a_short_passphrase_is_refused_before_it_is_typed_again(node_factory, tmp_path):
+    """In a terminal, as a member types it."""
+    import pty
+    ada = node_factory(name="Ada")
+    env = {k: v for k, v in os.environ.items() if k not in ("CREWNODE_HOME", "CREWNODE_PASSPHRASE")}
+    pid, fd = pty.fork()
+    if pid == 0:                                             # the child: crewnode in the terminal
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-m", "node.cli", "backup", str(tmp_path / "b"),
+                                   "--home", str(ada.home)], env)
+
+    def read_until(done, seconds=60) -> bytes:
+        """What the terminal shows until `done(shown)`, the child ends, or the deadline."""
+        shown, deadline = b"", time.monotonic() + seconds
+        while not done(shown) and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 1024)
+                except OSError:                              # the terminal closes with the child
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+        return shown
+
+    try:
+        assert b"Passphrase: " in read_until(lambda shown: b"Passphrase: " in shown)
+        os.write(fd, b"short\n")
+        said = read_until(lambda shown: b"characters" in shown or b"again" in shown)
+        said += read_until(lambda shown: False, seconds=10)     # to the end (the child exits)
+    finally:
+        deadline = time.monotonic() + 10
+        while not (ended := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not ended[0]:                                      # still waiting for input: never hang
+            os.kill(pid, signal.SIGKILL)
+            ended = os.waitpid(pid, 0)
+        status = ended[1]
+        os.close(fd)
+    assert b"needs at least 8 characters" in said and b"again" not in said
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate-end", "truncate-half", "flip-header", "flip-middle", "flip-last"])
