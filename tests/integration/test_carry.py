@@ -110,12 +110,19 @@ def test_bundle_round_trip_sealed_for_one_member(node_factory, tmp_path):
     assert "imported 0 new entries" in again.stdout
 
 
-def test_bundle_import_into_a_serving_node_shows_at_once(node_factory, tmp_path):
+def news_for_bob(node_factory, title) -> tuple:
+    """(Ada, Bob, cid): both in one congregation, Bob's sealing key known to Ada, and news of
+    Ada's (an agreement named `title`) that Bob does not have yet."""
     ada, bob = node_factory(name="Ada"), node_factory(name="Bob")
     cid = congregation_with(ada, bob)
     speak(bob, cid, "hello")
     bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
-    speak(ada, cid, "Carried by hand")
+    speak(ada, cid, title)
+    return ada, bob, cid
+
+
+def test_bundle_import_into_a_serving_node_shows_at_once(node_factory, tmp_path):
+    ada, bob, cid = news_for_bob(node_factory, "Carried by hand")
     bundle = tmp_path / "b.crewbundle"
     ada.stop()
     crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", ada.home)  # Ada not serving
@@ -440,11 +447,7 @@ def test_a_second_node_on_the_same_home_is_refused(node_factory):
 
 
 def test_a_command_waits_for_a_busy_node_rather_than_going_round_it(node_factory, tmp_path):
-    ada, bob = node_factory(name="Ada"), node_factory(name="Bob")
-    cid = congregation_with(ada, bob)
-    speak(bob, cid, "hello")
-    bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
-    speak(ada, cid, "Carried while Bob's node was busy")
+    ada, bob, cid = news_for_bob(node_factory, "Carried while Bob's node was busy")
     bundle = tmp_path / "b.crewbundle"
     crewnode("bundle", "export", bundle, "--for", member_id(bob), "--home", ada.home)
     # Bob's node does not answer for a while (as in a long recompute): the import waits for it.
