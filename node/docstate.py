@@ -60,6 +60,7 @@ class Version:
     review_by: str | None
     author: str
     at: int
+    retiring: bool = False                              # a version that proposes to retire the agreement
 
 
 @dataclass
@@ -343,7 +344,8 @@ class DocState:
             agreement.proposals.append((key, entry, author))
         elif kind == "revise":
             self.agreements[op["agreement"]].revisions[entry.hash] = Version(
-                entry.hash, op["title"], op.get("text", ""), op.get("review_by"), author, entry.at)
+                entry.hash, op["title"], op.get("text", ""), op.get("review_by"), author, entry.at,
+                op.get("retire") is True)
         elif kind == "respond":
             slot = self.agreements[op["agreement"]].responses.setdefault(author, {})
             slot[(op["version"], key)] = (op["response"], op.get("reason", ""))

@@ -858,12 +858,23 @@ def agreement(aid):
 
 @pages.post("/agreements/<aid>/revise")
 def revise(aid):
+    return _on_agreement_page(aid, "revise", lambda: node().call(
+        Service.revise, aid, field("title"), field("text"), field("review_by") or None))
+
+
+@pages.post("/agreements/<aid>/retire")
+def retire(aid):
+    return _on_agreement_page(aid, "retire", lambda: node().call(Service.retire, aid))
+
+
+def _on_agreement_page(aid: str, form: str, act):
+    """A form on an agreement's own page: `act()`; refused, the page again with the reason."""
     try:
-        node().call(Service.revise, aid, field("title"), field("text"), field("review_by") or None)
+        act()
     except NodeError as exc:
         if isinstance(exc, NotFound):
             raise
-        return render_agreement(aid, "revise", exc.message, _error_status(exc))
+        return render_agreement(aid, form, exc.message, _error_status(exc))
     return redirect(url_for(".agreement", aid=aid), 303)
 
 

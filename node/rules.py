@@ -251,10 +251,15 @@ def _agreement(state, op):
 def _revise(entry, author, state):
     # no check of `retired` here: a revision made before its author saw the retirement must count
     # on every node, whichever of the two arrived first (the Service refuses to revise a retired one)
-    _agreement(state, entry.op)
+    agreement = _agreement(state, entry.op)
     check_text(entry.op.get("title"), "title", MAX_TITLE)
     check_text(entry.op.get("text", ""), "text", MAX_TEXT, required=False)
     check_date(entry.op.get("review_by"), "review_by")
+    require(isinstance(entry.op.get("retire", False), bool), "retire must be true or false")
+    # Consent to a removal's versions is the evidence its cut carries: a version that means
+    # "do not remove" must not be one of them. A removal is dropped by retiring it outright.
+    require(not (entry.op.get("retire") and agreement.kind == "removal"),
+            "a removal is not retired by a round: retire it outright")
 
 
 def _respond(entry, author, state):

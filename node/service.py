@@ -485,8 +485,7 @@ class Service:
             if agreement.kind == "removal":
                 raise Forbidden("you are not among the members entitled to respond to this agreement")
             raise Forbidden(NOT_ASKED)
-        if agreement.retired:
-            raise Conflict("this agreement is retired")
+        self._not_retired(state, agreement)
         self._not_carried_out(state, agreement)
         self._write(state.id, {"t": "respond", "agreement": aid, "version": agreement.current.hash,
                                "response": response, "reason": reason})
@@ -502,14 +501,18 @@ class Service:
         text = current.text if text is KEEP else text
         text = _valid(check_text, text if text is not None else "", "text", MAX_TEXT, required=False)
         review_by = _valid(check_date, current.review_by if review_by is KEEP else review_by, "review_by")
-        if agreement.retired:
-            raise Conflict("this agreement is retired")
+        self._not_retired(state, agreement)
         self._not_carried_out(state, agreement)
-        if (title, text, review_by) == (current.title, current.text, current.review_by):
-            # A new round would ask everyone again for the very same text.
+        if (title, text, review_by) == (current.title, current.text, current.review_by) and not current.retiring:
+            # A new round would ask everyone again for the very same text. (After a proposal to
+            # retire, the same text again is an answer to it: keep the agreement as it was.)
             raise Invalid("nothing changed: this is the current version's text")
         self._write(state.id, {"t": "revise", "agreement": aid, "title": title, "text": text, "review_by": review_by})
         return self.agreement_view(aid)
+
+    def _not_retired(self, state: DocState, agreement) -> None:
+        if views.agreement_status(state, agreement) == "retired":
+            raise Conflict("this agreement is retired")
 
     def _not_carried_out(self, state: DocState, agreement) -> None:
         """Refuse to change a removal that has been carried out: its member is out, whatever
@@ -519,12 +522,23 @@ class Service:
                            "To have them back, invite them again")
 
     def retire(self, aid: str) -> dict:
-        """Retire an agreement: it stays readable but is no longer in force."""
+        """Propose to retire an agreement: a new round on the same text, which, agreed like any
+        other, retires it (it stays readable, no longer in force). Retiring what a group agreed
+        is the group's decision, not one member's. A removal round is retired at once."""
         state, agreement = self.find_agreement(aid)
         self._writable(state)
         self._not_carried_out(state, agreement)
-        if not agreement.retired:
+        if views.agreement_status(state, agreement) == "retired":
+            return self.agreement_view(aid)
+        if agreement.kind == "removal":
+            # Dropping a removal keeps everyone in: anyone asked could block it by objecting anyway.
             self._write(state.id, {"t": "retire", "agreement": aid})
+            return self.agreement_view(aid)
+        current = agreement.current
+        if current.retiring:
+            raise Conflict("a proposal to retire this agreement is open already: answer it")
+        self._write(state.id, {"t": "revise", "agreement": aid, "title": current.title, "text": current.text,
+                               "review_by": current.review_by, "retire": True})
         return self.agreement_view(aid)
 
     # -- commitments -------------------------------------------------------------------------------
@@ -634,7 +648,8 @@ def _summary(entry, state: DocState, names: DocState) -> str:
         "admit": lambda: f"admitted {names.name_of(_text(op, 'member'))}",
         "add": lambda: f"added {names.name_of(_text(op, 'member'))} to the crew",
         "propose": lambda: f"proposed “{_text(op, 'title')}”",
-        "revise": lambda: f"revised “{_text(op, 'title')}”",
+        "revise": lambda: (f"proposed to retire “{_text(op, 'title')}”" if op.get("retire") is True
+                           else f"revised “{_text(op, 'title')}”"),
         "respond": lambda: f"responded {_text(op, 'response').replace('_', ' ')} to “{title}”",
         "retire": lambda: f"retired “{title}”",
         "commit": lambda: f"committed {names.name_of(_text(op, 'by'))} to “{_text(op, 'what')}”",

@@ -99,7 +99,8 @@ def facts_reader(state: DocState):
         elif any(a and a[0] == "object" for a in answers):
             status = "objected"
         elif entitled and all(a and a[0] in ("consent", "stand_aside") for a in answers):
-            status = "agreed"
+            # (a version that proposes to retire the agreement, agreed, retires it)
+            status = "retired" if current.retiring else "agreed"
         else:
             status = "proposed"
         facts = {"current": current, "responses": given, "entitled": entitled, "status": status}
@@ -145,8 +146,10 @@ def agreement_view(state: DocState, agreement: Agreement, names: DocState | None
         "scope": {"type": state.type, "id": state.id},
         "created_at": iso(agreement.first[1].at),
         "version": current.hash,
+        "retiring": current.retiring,
         "versions": [{"title": v.title, "text": v.text, "review_by": v.review_by, "by": v.author,
-                      "at": iso(v.at), "current": v.hash == current.hash} for v in versions],
+                      "at": iso(v.at), "current": v.hash == current.hash, "retiring": v.retiring}
+                     for v in versions],
         "names": {m: names.name_of(m) for m in {agreement.proposed_by, *entitled, *(v.author for v in versions)}},
     }
 

@@ -539,6 +539,25 @@ def test_a_new_version_from_the_page_asks_a_member_who_came_since(node_factory, 
         bea_page.context.close()
 
 
+def test_retiring_an_agreement_is_proposed_and_agreed_like_any_other(node_factory, page):
+    node = node_factory.start(name="Ada")
+    cid = api_congregation(node)
+    aid = node.api("POST", f"/api/congregations/{cid}/agreements", {"title": "Bins on Tuesday"}, expect=201)[1]["id"]
+    node.api("POST", f"/api/agreements/{aid}/responses", {"response": "consent"}, expect=200)
+    open_node(page, node)
+    page.goto(f"{node.base}/agreements/{aid}")
+    expect(card(page, "Bins on Tuesday")).to_contain_text("Agreed")
+
+    page.get_by_role("button", name="Propose to retire").click()
+    agreement = card(page, "Bins on Tuesday")
+    expect(agreement).to_contain_text("Proposed: retire this agreement.")
+    expect(agreement).to_contain_text("Open round")
+    expect(page.get_by_role("button", name="Propose to retire")).to_have_count(0)
+    agreement.get_by_role("button", name="Consent").click()
+    expect(card(page, "Bins on Tuesday")).to_contain_text("Retired")
+    assert node.api("GET", f"/api/agreements/{aid}", expect=200)[1]["status"] == "retired"
+
+
 def test_phone_width_never_scrolls_sideways(node_factory, browser):
     node = node_factory.start(name="Ada")
     long_word = "Supercalifragilistic" * 7

@@ -240,14 +240,32 @@ def test_response_to_an_earlier_version_does_not_count(world):
     assert status_everywhere(world, aid) == "agreed"
 
 
-def test_retire(world):
+def test_retiring_is_a_round_of_its_own(world):
+    """One member cannot retire what everyone agreed: proposing to retire it opens a round."""
     aid = propose(world)
     for svc in world.all:
         svc.respond(aid, "consent")
     assert status_everywhere(world, aid) == "agreed"
-    retired = world.bea.retire(aid)
-    assert retired["status"] == "retired"
+    asked = world.bea.retire(aid)
+    assert (asked["status"], asked["retiring"], asked["responses"]) == ("proposed", True, {})
+    assert asked["text"] == "No music after 22:00" and asked["versions"][-1]["retiring"] is True
+    with pytest.raises(Conflict, match="open already"):
+        world.bea.retire(aid)
+    sync_all(*world.all)
+    world.ada.respond(aid, "consent")
+    world.bea.respond(aid, "consent")
+    world.cy.respond(aid, "object", "we still need it")
+    assert status_everywhere(world, aid) == "objected"
+    # the same text again keeps the agreement: a new round, not a retiring one
+    kept = world.cy.revise(aid)
+    assert (kept["status"], kept["retiring"], kept["text"]) == ("proposed", False, "No music after 22:00")
+    sync_all(*world.all)
+    world.ada.retire(aid)
+    sync_all(*world.all)
+    for svc in world.all:
+        svc.respond(aid, "consent")
     assert status_everywhere(world, aid) == "retired"
+    assert any(h["summary"] == "proposed to retire “Quiet after ten”" for h in world.cy.history(world.cid))
     rows = world.bea.store.max_rowid()
     assert world.bea.retire(aid)["status"] == "retired"  # again: nothing new written
     assert world.bea.store.max_rowid() == rows
@@ -256,6 +274,18 @@ def test_retire(world):
     with pytest.raises(Conflict):
         world.cy.revise(aid, "Revived", "")
     assert world.cy.agreement_view(aid)["title"] == "Quiet after ten"
+
+
+def test_a_removal_is_retired_outright_never_by_a_round(world):
+    """Consents to a removal's versions are its cut's evidence: none may mean "do not remove"."""
+    rid = world.ada.propose_removal(world.cid, world.cy.me, "never comes")["id"]
+    sync_all(*world.all)
+    current = world.bea.agreement_view(rid)
+    with pytest.raises(Invalid, match="not retired by a round"):
+        world.bea._write(world.cid, {"t": "revise", "agreement": rid, "title": current["title"],
+                                     "text": current["text"], "review_by": None, "retire": True})
+    assert world.bea.retire(rid)["status"] == "retired"
+    assert status_everywhere(world, rid) == "retired"
 
 
 def test_proposal_checks(world):
