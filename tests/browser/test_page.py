@@ -49,6 +49,14 @@ def api_invite(node, cid) -> str:
     return node.api("POST", f"/api/congregations/{cid}/invites", {}, expect=201)[1]["code"]
 
 
+def api_join(newcomer, inviter, cid) -> None:
+    """`newcomer` joins `cid` with a fresh code of `inviter`'s, at its address, and holds it."""
+    code = api_invite(inviter, cid)
+    newcomer.api("POST", "/api/join", {"code": code, "address": inviter.sync_address}, expect=202)
+    newcomer.api("POST", "/api/sync", {"address": inviter.sync_address}, expect=200)
+    assert any(c["id"] == cid for c in newcomer.api("GET", "/api/congregations", expect=200)[1])
+
+
 def api_crew(node, cid, name="Tool library", members=()) -> str:
     return node.api("POST", f"/api/congregations/{cid}/crews",
                     {"name": name, "purpose": "Keep the shed tidy", "members": list(members)}, expect=201)[1]["id"]
@@ -472,12 +480,7 @@ def test_a_change_from_a_second_node_appears_without_reload(node_factory, page):
     ada = node_factory.start(name="Ada")
     bea = node_factory.start(name="Bea")
     cid = api_congregation(ada)
-    code = api_invite(ada, cid)
-    bea.api("POST", "/api/join", {"code": code, "address": ada.sync_address}, expect=202)
-    bea_in = lambda: any(c["id"] == cid for c in bea.api("GET", "/api/congregations", expect=200)[1])  # noqa: E731
-    if not bea_in():
-        bea.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
-    assert bea_in()
+    api_join(bea, ada, cid)
 
     open_node(page, ada)
     page.get_by_role("link", name="Riverside").click()
@@ -500,9 +503,7 @@ def test_a_new_version_from_the_page_asks_a_member_who_came_since(node_factory, 
     cid = api_congregation(ada)
     aid = ada.api("POST", f"/api/congregations/{cid}/agreements",
                   {"title": "Quiet hours", "text": "No music after ten."}, expect=201)[1]["id"]
-    code = api_invite(ada, cid)
-    bea.api("POST", "/api/join", {"code": code, "address": ada.sync_address}, expect=202)
-    bea.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
+    api_join(bea, ada, cid)
     ada_page = browser.new_context().new_page()
     bea_page = browser.new_context().new_page()
     try:
