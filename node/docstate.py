@@ -122,12 +122,13 @@ class Agreement:
     def asked_in(self, version: str) -> list:
         """Who the round of `version` waits for, as far as the document's members go (the caller
         keeps those still active): for an agreement, the members who were in when the round
-        began, so one who was out then and came back later does not reopen what was decided."""
+        began and have not been out since, so one who was away and came back does not reopen
+        what was decided without them."""
         if self.kind == "removal":
             return self.entitled
         key = self.round_key(version)
         members = sorted(self.members.values(), key=lambda m: m.joined)
-        return [m.id for m in members if m.joined < key and m.status_at(key) == "active"]
+        return [m.id for m in members if m.joined < key and m.in_since(key)]
 
     @property
     def versions(self) -> dict:
@@ -185,10 +186,12 @@ class Member:
     def settle_status(self) -> None:
         self.status = max(self.events)[1] if self.events else "active"
 
-    def status_at(self, key: tuple) -> str:
-        """The member's status just before `key` in the fixed order."""
+    def in_since(self, key: tuple) -> bool:
+        """Whether the member was in just before `key` in the fixed order, and has not been out
+        since (one who left and came back in between was away for part of it)."""
         before = [event for event in self.events if event[0] < key]
-        return max(before)[1] if before else "active"
+        return (max(before)[1] if before else "active") == "active" and \
+            all(status == "active" for at, status in self.events if at > key)
 
 
 @dataclass

@@ -503,9 +503,8 @@ class Service:
         review_by = _valid(check_date, current.review_by if review_by is KEEP else review_by, "review_by")
         self._not_retired(state, agreement)
         self._not_carried_out(state, agreement)
-        if (title, text, review_by) == (current.title, current.text, current.review_by) and not current.retiring:
-            # A new round would ask everyone again for the very same text. (After a proposal to
-            # retire, the same text again is an answer to it: keep the agreement as it was.)
+        if (title, text, review_by) == (current.title, current.text, current.review_by):
+            # A new round would ask everyone again for the very same text.
             raise Invalid("nothing changed: this is the current version's text")
         self._write(state.id, {"t": "revise", "agreement": aid, "title": title, "text": text, "review_by": review_by})
         return self.agreement_view(aid)

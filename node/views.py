@@ -91,23 +91,31 @@ def facts_reader(state: DocState):
         if hit is not None and hit[0] == key:
             return hit[1]
         current = agreement.current
-        entitled = [m for m in agreement.asked_in(current.hash) if m in active]
-        given = current_responses(agreement, current.hash)
-        answers = [given.get(m) for m in entitled]
+        entitled, given, status = _round(agreement, current.hash, active)
         if agreement.retired:
             status = "retired"
-        elif any(a and a[0] == "object" for a in answers):
-            status = "objected"
-        elif entitled and all(a and a[0] in ("consent", "stand_aside") for a in answers):
-            # (a version that proposes to retire the agreement, agreed, retires it)
-            status = "retired" if current.retiring else "agreed"
-        else:
-            status = "proposed"
+        elif current.retiring:
+            # A proposal to retire changes nothing until it is agreed: till then the agreement
+            # stands as the round of its last text left it.
+            last_text = max((v for v in agreement.versions.values() if not v.retiring), key=lambda v: (v.at, v.hash))
+            status = "retired" if status == "agreed" else _round(agreement, last_text.hash, active)[2]
         facts = {"current": current, "responses": given, "entitled": entitled, "status": status}
         cache[agreement.id] = (key, facts)
         return facts
 
     return read
+
+
+def _round(agreement: Agreement, version: str, active: frozenset) -> tuple[list, dict, str]:
+    """(who the round of `version` waits for, their answers, the round's outcome so far)."""
+    entitled = [m for m in agreement.asked_in(version) if m in active]
+    given = current_responses(agreement, version)
+    answers = [given.get(m) for m in entitled]
+    if any(a and a[0] == "object" for a in answers):
+        return entitled, given, "objected"
+    if entitled and all(a and a[0] in ("consent", "stand_aside") for a in answers):
+        return entitled, given, "agreed"
+    return entitled, given, "proposed"
 
 
 def agreement_status(state: DocState, agreement: Agreement) -> str:

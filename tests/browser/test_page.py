@@ -552,7 +552,7 @@ def test_retiring_an_agreement_is_proposed_and_agreed_like_any_other(node_factor
     page.get_by_role("button", name="Propose to retire").click()
     agreement = card(page, "Bins on Tuesday")
     expect(agreement).to_contain_text("Proposed: retire this agreement.")
-    expect(agreement).to_contain_text("Open round")
+    expect(agreement).to_contain_text("Agreed")                   # in force until the retiring is agreed
     expect(page.get_by_role("button", name="Propose to retire")).to_have_count(0)
     agreement.get_by_role("button", name="Consent").click()
     expect(card(page, "Bins on Tuesday")).to_contain_text("Retired")

@@ -226,6 +226,20 @@ def test_a_member_back_after_leaving_does_not_reopen_what_was_decided(world):
     assert status_everywhere(world, aid) == "objected"
 
 
+def test_a_member_away_for_part_of_a_round_does_not_reopen_it(world):
+    """Cy is in when the round begins, leaves during it, and comes back after it was decided."""
+    aid = propose(world)
+    world.cy.leave(world.cid)
+    sync_all(*world.all)
+    world.ada.respond(aid, "consent")
+    world.bea.respond(aid, "consent")
+    assert status_everywhere(world, aid) == "agreed"
+    admit(world.bea, world.cid, world.cy.me, "Cy")
+    assert status_everywhere(world, aid) == "agreed"
+    with pytest.raises(Forbidden, match="while you were away"):
+        world.cy.respond(aid, "object", "I was not here")
+
+
 def test_response_to_an_earlier_version_does_not_count(world):
     """Cy answers the text she saw; Ada revised meanwhile: Cy's answer is for the old round."""
     aid = propose(world)
@@ -247,23 +261,20 @@ def test_retiring_is_a_round_of_its_own(world):
         svc.respond(aid, "consent")
     assert status_everywhere(world, aid) == "agreed"
     asked = world.bea.retire(aid)
-    assert (asked["status"], asked["retiring"], asked["responses"]) == ("proposed", True, {})
+    assert (asked["status"], asked["retiring"], asked["responses"]) == ("agreed", True, {})
+    assert asked["waiting_for"] == [world.ada.me, world.bea.me, world.cy.me]
     assert asked["text"] == "No music after 22:00" and asked["versions"][-1]["retiring"] is True
     with pytest.raises(Conflict, match="open already"):
         world.bea.retire(aid)
     sync_all(*world.all)
+    # until the proposal to retire is agreed, the agreement stands: an objection keeps it
+    assert status_everywhere(world, aid) == "agreed"
     world.ada.respond(aid, "consent")
     world.bea.respond(aid, "consent")
     world.cy.respond(aid, "object", "we still need it")
-    assert status_everywhere(world, aid) == "objected"
-    # the same text again keeps the agreement: a new round, not a retiring one
-    kept = world.cy.revise(aid)
-    assert (kept["status"], kept["retiring"], kept["text"]) == ("proposed", False, "No music after 22:00")
-    sync_all(*world.all)
-    world.ada.retire(aid)
-    sync_all(*world.all)
-    for svc in world.all:
-        svc.respond(aid, "consent")
+    assert status_everywhere(world, aid) == "agreed"
+    assert world.ada.agreement_view(aid)["retiring"] is True
+    world.cy.respond(aid, "consent")
     assert status_everywhere(world, aid) == "retired"
     assert any(h["summary"] == "proposed to retire “Quiet after ten”" for h in world.cy.history(world.cid))
     rows = world.bea.store.max_rowid()
