@@ -57,7 +57,7 @@ def pair_address(requested=None) -> str:
     if engine is None:
         raise Invalid("this node runs no sync listener, so no device can pair with it")
     host, _, port = engine.server.address.rpartition(":")
-    if host in ("0.0.0.0", "[::]", "::", ""):
+    if engine.listens_everywhere:
         host = _lan_address() or "127.0.0.1"
     return f"{host}:{port}"
 

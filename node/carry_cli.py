@@ -184,7 +184,6 @@ def _check_new_home(home: Path, verb: str) -> None:
 
 def _write_file(path: Path, data: bytes, private: bool = False) -> None:
     path = Path(path)
-    _check_writable(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)

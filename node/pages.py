@@ -577,10 +577,9 @@ def sync_addresses() -> list[str]:
     """The addresses at which another member's node can reach this node's sync listener: the
     machine's LAN addresses when it listens on all of them, else the one it listens on."""
     engine = _engine()
-    host = getattr(engine, "host", None)
-    if host is None:
+    if engine is None:
         return []
-    return lan_addresses() if host in ("0.0.0.0", "::", "") else [host]
+    return lan_addresses() if engine.listens_everywhere else [engine.host]
 
 
 def lan_addresses() -> list[str]:

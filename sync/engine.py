@@ -105,6 +105,8 @@ class SyncEngine:
     def __init__(self, node, host: str = "0.0.0.0", port: int = 8471):
         self.node = node
         self.host = host
+        # On every address of the machine: others reach it at its LAN addresses, not at `host`.
+        self.listens_everywhere = host in ("0.0.0.0", "::", "[::]", "")
         self.identity = node.call(lambda s: s.identity)
         self.server = SyncServer(host, port, self.identity.device_key, self.identity.cert_blob,
                                  verify_peer, self.handle)
