@@ -87,6 +87,11 @@ def create_invite(cid):
     return node().call(Service.create_invite, cid, data.get("note", ""), data.get("days", INVITE_DAYS)), 201
 
 
+@api.delete("/congregations/<cid>/invites/<key>")
+def withdraw_invite(cid, key):
+    return node().call(Service.withdraw_invite, cid, key)
+
+
 @api.post("/congregations/<cid>/crews")
 def create_crew(cid):
     data = body()

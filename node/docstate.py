@@ -261,6 +261,7 @@ class DocState:
         self.members: dict[str, Member] = {}
         self.names: dict[str, tuple] = {}              # member -> (order key, name)
         self.invites: dict[str, dict] = {}
+        self.withdrawn: dict[str, tuple] = {}            # invite key -> (order key, member) of its first withdrawal
         self.agreements: dict[str, Agreement] = {}
         self.commitments: dict[str, Commitment] = {}
         self.retired_devices: dict[str, int] = {}      # device -> last seq of it that counts
@@ -330,6 +331,9 @@ class DocState:
         elif kind == "invite":
             self.invites[op["key"]] = {"expires": op["expires"], "note": op.get("note", ""), "by": author,
                                        "at": entry.at, "used_by": None}
+        elif kind == "withdraw":
+            if op["invite"] not in self.withdrawn or key < self.withdrawn[op["invite"]][0]:
+                self.withdrawn[op["invite"]] = (key, author)
         elif kind == "admit":
             if "resume" in op:
                 self.readmissions.setdefault(op["member"], []).append((key, op["resume"]))

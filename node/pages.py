@@ -337,7 +337,8 @@ OP_WORDS = {"genesis": "the document's first entry", "name": "a change of name",
             "retire": "the retiring of an agreement", "commit": "a commitment",
             "status": "a change of a commitment's status", "leave": "a leaving", "cut": "a removal",
             "split": "a split", "move": "a crew's move", "meta": "an edit of the name or purpose",
-            "retire_device": "the retiring of a device"}
+            "retire_device": "the retiring of a device",
+            "withdraw": "the withdrawing of an invite"}
 
 
 def status_note(state, me: str) -> dict | None:
@@ -751,6 +752,15 @@ def create_invite(cid):
     while len(kept) > INVITES_KEPT:
         kept.popitem(last=False)
     return redirect(url_for(".congregation", cid=cid, invite=handle) + "#invite", 303)
+
+
+@pages.post("/c/<cid>/invites/<key>/withdraw")
+def withdraw_invite(cid, key):
+    try:
+        node().call(Service.withdraw_invite, cid, key)
+    except NodeError as exc:                    # (an unknown congregation: its page says 404)
+        return _congregation_form_error(cid, "invite", exc)
+    return redirect(url_for(".congregation", cid=cid) + "#open-invites-heading", 303)
 
 
 @pages.post("/c/<cid>/agreements")

@@ -196,6 +196,15 @@ def _invite(entry, author, state):
     check_text(op.get("note", ""), "note", MAX_REASON, required=False)
 
 
+def _withdraw(entry, author, state):
+    # Whether the invite is held does not matter: withdrawing a code that has not arrived yet
+    # only keeps it from being shown or used here once it does.
+    try:
+        require(len(unb32(_ref(entry.op, "invite", "invite"))) == 32, "invite key is malformed")
+    except ValueError:
+        raise Refused("invite key is malformed") from None
+
+
 def _admit(entry, author, state):
     op = entry.op
     member = check_member_id(op.get("member"))
@@ -422,6 +431,7 @@ OPS = {
     ("congregation", "split"): _split,
     ("crew", "move"): _move,
     ("congregation", "invite"): _invite,
+    ("congregation", "withdraw"): _withdraw,
     ("congregation", "admit"): _admit,
     ("crew", "add"): _add,
     ("crew", "commit"): _commit,

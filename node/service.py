@@ -334,13 +334,32 @@ class Service:
         expires = now_ms() + days * 86_400_000
         key = b32(raw_public(invite_key(code)))
         self._write(cid, {"t": "invite", "key": key, "expires": expires, "note": note})
-        return {"code": code, "expires": views.iso(expires), "congregation_id": cid}
+        return {"code": code, "key": key, "expires": views.iso(expires), "congregation_id": cid}
+
+    def withdraw_invite(self, cid: str, key: str) -> dict:
+        """DELETE /api/congregations/{cid}/invites/{key}: a code still open can no longer be used
+        to join through any member's node that has heard of the withdrawal."""
+        state = self.congregation_state(cid)
+        self._writable(state)
+        invite = state.invites.get(key)
+        if invite is None:
+            raise NotFound("no invite of this congregation has that key")
+        if key not in state.withdrawn:
+            if invite["used_by"] is not None:
+                raise Conflict(f"this invite was already used by {state.name_of(invite['used_by'])}: "
+                               "it cannot be withdrawn")
+            if invite["expires"] < now_ms():
+                raise Conflict("this invite has expired already: nobody can join with it")
+            self._write(cid, {"t": "withdraw", "invite": key})
+        return {"key": key, "withdrawn": True, "congregation_id": cid}
 
     def find_invite(self, key: str):
         """(congregation state, invite) for an invite key, or a clear refusal."""
         for state in self.states.values():
             invite = state.invites.get(key) if state.type == "congregation" else None
             if invite is not None:
+                if key in state.withdrawn:
+                    raise Conflict("this invite code was withdrawn by the congregation; ask for a new one")
                 if invite["used_by"] is not None:
                     raise Conflict("this invite code has already been used")
                 if invite["expires"] < now_ms():
@@ -644,6 +663,7 @@ def _summary(entry, state: DocState, names: DocState) -> str:
         "retire_device": lambda: "retired one of their devices",
         "meta": lambda: "edited the name or purpose",
         "invite": lambda: "created an invite",
+        "withdraw": lambda: "withdrew an invite",
         "admit": lambda: f"admitted {names.name_of(_text(op, 'member'))}",
         "add": lambda: f"added {names.name_of(_text(op, 'member'))} to the crew",
         "propose": lambda: f"proposed “{_text(op, 'title')}”",

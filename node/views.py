@@ -186,11 +186,12 @@ def member_list(state: DocState) -> list[dict]:
 
 
 def open_invites(state: DocState, now: int) -> list[dict]:
-    """Invites neither used nor expired at `now` (ms), the soonest to expire first: codes that
-    someone could still join with."""
+    """Invites neither used, withdrawn nor expired at `now` (ms), the soonest to expire first:
+    codes that someone could still join with."""
     found = [{"key": key, "note": invite["note"], "by": invite["by"], "by_name": state.name_of(invite["by"]),
               "expires": iso(invite["expires"])}
-             for key, invite in state.invites.items() if invite["used_by"] is None and invite["expires"] >= now]
+             for key, invite in state.invites.items()
+             if invite["used_by"] is None and key not in state.withdrawn and invite["expires"] >= now]
     return sorted(found, key=lambda i: (i["expires"], i["key"]))
 
 

@@ -222,7 +222,7 @@ def test_make_and_complete_commitments(node_factory, page):
 
 def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory, page):
     node = node_factory.start(name="Ada")
-    api_congregation(node)
+    cid = api_congregation(node)
     open_node(page, node)
     page.get_by_role("link", name="Riverside").click()
     page.get_by_label("Who is it for? (optional)").fill("Bea from number 12")
@@ -248,9 +248,17 @@ def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory,
     expect(still_open.get_by_role("listitem")).to_have_count(1)
     expect(still_open).to_contain_text("for Bea from number 12 · by you · good until")
     assert invite.locator(".code").inner_text() not in still_open.inner_text()
+    # a code read aloud to the wrong room can be withdrawn
+    page.get_by_role("button", name="Create invite").click()
+    expect(still_open.get_by_role("listitem")).to_have_count(2)
+    still_open.get_by_role("button", name="Withdraw the code for Bea from number 12").click()
+    expect(still_open.get_by_role("listitem")).to_have_count(1)
+    expect(still_open).to_contain_text("no note · by you")
+    assert [i["note"] for i in node.api("GET", f"/api/congregations/{cid}", expect=200)[1]["open_invites"]] == [""]
 
     page.get_by_role("link", name="History").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("History of Riverside")
+    expect(page.locator("ol.history")).to_contain_text("Ada withdrew an invite")
     expect(page.locator("ol.history")).to_contain_text("Ada created an invite")
     expect(page.locator("ol.history")).to_contain_text("Ada created the congregation “Riverside”")
 

@@ -102,6 +102,27 @@ def test_used_and_unknown_codes_are_refused_clearly(world):
     assert me(newcomer) not in member_ids(ada, cid)
 
 
+def test_a_withdrawn_code_is_refused_where_the_withdrawal_has_reached(world):
+    ada, bo, newcomer, cid = world.ada, world.bo, world.stranger, world.cid
+    code = invite(ada, cid)
+    key, used = (b32(raw_public(invite_key(c))) for c in (code, world.used_code))
+    sync(bo, ada)
+    status, answer = bo.api("DELETE", f"/api/congregations/{cid}/invites/{key}")
+    assert (status, answer) == (200, {"key": key, "withdrawn": True, "congregation_id": cid}), answer
+    sync(bo, ada)
+    before = db_rows(ada, "SELECT hash FROM entries ORDER BY hash")
+    for member in (ada, bo):
+        status, answer = newcomer.api("POST", "/api/join", {"code": code, "address": member.sync_address})
+        assert status == 409 and "withdrawn" in answer["error"], answer
+    assert db_rows(ada, "SELECT hash FROM entries ORDER BY hash") == before
+    assert newcomer.api("GET", "/api/congregations", expect=200)[1] == []
+    # A member's node says what cannot be withdrawn.
+    status, answer = ada.api("DELETE", f"/api/congregations/{cid}/invites/{used}")
+    assert status == 409 and "already used by Bo" in answer["error"], answer
+    status, answer = ada.api("DELETE", f"/api/congregations/{cid}/invites/nothing")
+    assert status == 404 and "no invite" in answer["error"], answer
+
+
 def test_an_expired_code_is_refused(tmp_path, monkeypatch):
     """Expiry is checked against time: at the service the inviter's node asks, and in the rule."""
     import node.ids

@@ -4,7 +4,7 @@ Each example builds 3 to 5 `Service`s in a temporary folder. The first founds a 
 some of the others join at once (invite, proof, admission, then a sync with their inviter),
 the rest may join later (through any member that knows the invite) or stay strangers. Then a
 random run of operations on random nodes (propose, revise, respond, commit, status, crews,
-crew members, renames, shared-content edits, invites and joins) interleaves with partitions and
+crew members, renames, shared-content edits, invites, withdrawals and joins) interleaves with partitions and
 pairwise exchanges driven in-process through `sync.protocol.run_exchange` + `protocol.serve`,
 exactly what the HTTPS transport carries. At the end the partitions heal and everyone syncs
 with everyone until a full round moves nothing; then every node must show the same state:
@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 
 from node.entries import decode_entry
 from node.errors import NodeError
-from node.service import Service
+from node.identity import raw_public
+from node.ids import b32
+from node.service import Service, invite_key
 from factories import exchange, sync_until_quiet
 from sync import protocol
 
@@ -31,7 +33,7 @@ FULL_BATCH = protocol.BATCH_ENTRIES
 # Many small stores are made and thrown away: in memory where the system has a RAM folder.
 RAM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 OPS = ["propose", "propose", "respond", "respond", "respond", "revise", "retire", "commit", "commit", "status",
-       "crew", "add_member", "rename", "edit", "invite", "join", "join", "sync", "sync", "sync",
+       "crew", "add_member", "rename", "edit", "invite", "withdraw", "join", "join", "sync", "sync", "sync",
        "sync", "sync", "sync", "gossip", "partition"]
 
 
@@ -69,7 +71,7 @@ class Net:
         key, proof = new.join_proof(code)
         try:
             inviter.admit(key, new.me, new.my_name(), proof)
-        except NodeError:                        # unknown here yet, used, or inviter not active
+        except NodeError:                        # unknown here yet, used, withdrawn, or inviter not active
             return False
         exchange(new, inviter)
         return True
@@ -168,6 +170,8 @@ def step(net: Net, data, op: str, actor: int) -> None:
         node._write(pick(scopes), {"t": "meta"}, {pick(["name", "purpose"]): f"{text} {actor}"})
     elif op == "invite":
         net.codes.append(node.create_invite(net.cid)["code"])
+    elif op == "withdraw" and net.codes:
+        node.withdraw_invite(net.cid, b32(raw_public(invite_key(pick(net.codes)))))
 
 
 def state_of(service: Service, cid: str) -> dict:

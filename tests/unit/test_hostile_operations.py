@@ -15,7 +15,7 @@ from factories import Member, admit, service
 from node.app import create_app
 from node.worker import NodeThread
 
-KINDS = ["meta", "name", "invite", "admit", "add", "propose", "revise", "respond", "retire", "commit", "status",
+KINDS = ["meta", "name", "invite", "withdraw", "admit", "add", "propose", "revise", "respond", "retire", "commit", "status",
          "leave", "cut", "retire_device", "split", "move", "genesis", "no such kind"]
 FIELDS = ["agreement", "commitment", "version", "response", "reason", "member", "name", "key", "expires", "note",
           "invite", "proof", "title", "text", "review_by", "kind", "subject", "entitled", "what", "due", "by",

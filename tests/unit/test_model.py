@@ -209,3 +209,59 @@ def test_open_invites_leave_the_list_when_used_or_expired(world):
     kit = next(i["key"] for i in views.open_invites(state, now) if i["note"] == "for Kit")
     state.invites[kit]["used_by"] = "someone"
     assert [i["note"] for i in views.open_invites(state, now)] == ["for Jo"]
+
+
+def test_withdrawing_an_invite(world):
+    ada, bea, cid = world.ada, world.bea, world.cid
+    jo = ada.create_invite(cid, "for Jo")
+    kit = ada.create_invite(cid, "for Kit")
+    sync_all(*world.all)
+    # Any member may withdraw a code still open; it leaves the list on every node it reaches.
+    assert bea.withdraw_invite(cid, jo["key"]) == {"key": jo["key"], "withdrawn": True, "congregation_id": cid}
+    assert [i["note"] for i in views.open_invites(bea.states[cid], bea.states[cid].latest_at)] == ["for Kit"]
+    assert {i["note"] for i in views.open_invites(ada.states[cid], ada.states[cid].latest_at)} == {"for Jo", "for Kit"}
+    sync_all(*world.all)
+    for node in world.all:
+        state = node.states[cid]
+        assert [i["note"] for i in views.open_invites(state, state.latest_at)] == ["for Kit"]
+        with pytest.raises(Conflict, match="withdrawn"):
+            node.find_invite(jo["key"])
+    assert any(h["summary"] == "withdrew an invite" for h in ada.history(cid))
+    # A second withdrawal (a double click, another member) writes nothing more.
+    rows = ada.store.max_rowid()
+    ada.withdraw_invite(cid, jo["key"])
+    assert ada.store.max_rowid() == rows
+    # What cannot be withdrawn says why, and writes nothing.
+    mo = Member("Mo")
+    admit(ada, cid, mo.id, "Mo")                       # with an invite of its own
+    used = next(k for k, i in ada.states[cid].invites.items() if i["used_by"] == mo.id)
+    rows = ada.store.max_rowid()
+    with pytest.raises(Conflict, match="already used by Mo"):
+        ada.withdraw_invite(cid, used)
+    with pytest.raises(NotFound):
+        ada.withdraw_invite(cid, b32(bytes(32)))
+    with pytest.raises(NotFound):
+        ada.withdraw_invite("no-such-congregation", kit["key"])
+    assert ada.store.max_rowid() == rows
+
+
+def test_a_withdrawal_counts_in_any_order_and_the_first_names_who(world):
+    """A withdrawal may arrive before its invite; two withdrawals settle on the earlier one."""
+    ada, cid = world.ada, world.cid
+    mo, lu, nia = Member("Mo"), Member("Lu"), Member("Nia")
+    for m in (mo, lu, nia):
+        admit(ada, cid, m.id, m.name)
+    key = b32(bytes(range(32)))
+    at = ada.states[cid].latest_at
+    invite = mo.write(cid, {"t": "invite", "key": key, "expires": at + 86_400_000, "note": "for Kim"}, at=at + 1)
+    by_lu = lu.write(cid, {"t": "withdraw", "invite": key}, at=at + 3)
+    by_nia = nia.write(cid, {"t": "withdraw", "invite": key}, at=at + 2)
+    bad = lu.write(cid, {"t": "withdraw", "invite": "short"}, at=at + 4)
+    sync_all(*world.all)
+    for node, order in ((ada, (by_lu, by_nia)), (world.bea, (by_nia, by_lu))):
+        for entry in order:
+            assert node.ledger.ingest([entry.raw]).accepted_count == 1
+        assert node.ledger.ingest([invite.raw]).accepted_count == 1
+        state = node.states[cid]
+        assert state.withdrawn[key][1] == nia.id and key not in {i["key"] for i in views.open_invites(state, at)}
+    assert ada.ledger.ingest([bad.raw]).accepted_count == 0

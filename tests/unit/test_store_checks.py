@@ -209,6 +209,8 @@ def test_entry_against_the_rules_is_refused(world):
         propose_op([mo.id], review_by="next week"),
         propose_op(["not-a-member-id"]),
         {"t": "invite", "key": "short", "expires": 1},
+        {"t": "withdraw", "invite": "short"},
+        {"t": "withdraw"},
     ]
     for op in bad_ops:
         entry = mo.write(world.cid, op)
@@ -227,7 +229,8 @@ def test_entry_against_the_rules_is_refused(world):
     {"t": "invite", "key": ["k"], "expires": 1},
     {"t": "name", "name": ["Mo"]},
     {"t": "propose", "agreement": ["x" * 10], "title": "t", "entitled": []},
-], ids=["retire", "revise", "respond", "admit", "admit-name", "invite", "name", "propose"])
+    {"t": "withdraw", "invite": ["k"]},
+], ids=["retire", "revise", "respond", "admit", "admit-name", "invite", "name", "propose", "withdraw"])
 def test_wrongly_typed_operation_fields_are_refused_not_raised(world, op):
     """A hostile member's entry with lists where ids belong must be refused, not crash ingest."""
     entry = world.mo.write(world.cid, op)
