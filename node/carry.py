@@ -49,7 +49,10 @@ WRAP_INFO = b"crewnode-bundle-v1 key wrap"
 MAX_HEADER = 1024 * 1024
 MAX_FILE = 1024 * 1024 * 1024           # ChaCha20-Poly1305 in `cryptography` takes < 2 GiB at once
 SCRYPT = {"n": 2 ** 17, "r": 8, "p": 1}  # 128 MiB, about half a second here
-MAX_SCRYPT_N = 2 ** 20
+# A backup's header is read before anything in it is authenticated: a crafted one must not make
+# a restore take gigabytes (scrypt takes 128 * n * r bytes) or minutes (p times over).
+MAX_SCRYPT_MEMORY = 2 ** 30
+MAX_SCRYPT_P = 4
 KEEP_SETTINGS = ("name", "peers")       # device-independent settings a backup carries
 PAIR_TTL_MS = 10 * 60 * 1000
 PAIR_CONTEXT = b"crewnode-pair-v1:"
@@ -329,13 +332,16 @@ def open_backup(data: bytes, passphrase: str) -> tuple[Ed25519PrivateKey, dict, 
         salt, nonce, check = unb64(kdf["salt"]), unb64(header["nonce"]), unb64(header["check"])
         n, r, p = kdf["n"], kdf["r"], kdf["p"]
         if kdf["name"] != "scrypt" or not all(isinstance(x, int) for x in (n, r, p)) \
-                or not (2 <= n <= MAX_SCRYPT_N and 1 <= r <= 32 and 1 <= p <= 16) or len(check) != 28:
+                or not (2 <= n and 1 <= r and 1 <= p) or len(check) != 28:
             raise ValueError
         if n & (n - 1):                   # scrypt takes only powers of two
             raise ValueError
-        key = _scrypt(passphrase, salt, n, r, p)
     except (KeyError, TypeError, ValueError):
         raise Damaged("the backup is damaged (its header is incomplete); nothing was restored") from None
+    if 128 * n * r > MAX_SCRYPT_MEMORY or p > MAX_SCRYPT_P:
+        raise Damaged("the backup's header asks for far more memory or time than a crewnode backup takes: "
+                      "it is damaged or was made to harm; nothing was restored")
+    key = _scrypt(passphrase, salt, n, r, p)
     try:
         ChaCha20Poly1305(key).decrypt(check[:12], check[12:], b"crewnode-backup-v1 passphrase check" + salt)
     except InvalidTag:

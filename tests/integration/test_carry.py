@@ -6,10 +6,12 @@ homes that are being served (node_factory) or not.
 from __future__ import annotations
 
 import http.cookiejar
+import json
 import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -272,7 +274,7 @@ def test_restore_after_losing_the_home_continues_the_same_member_without_a_fork(
     assert old == list(range(1, len(old) + 1))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip-middle", "flip-last", "kdf-parameter"])
+@pytest.mark.parametrize("damage", ["truncate", "flip-middle", "flip-last", "kdf-parameter", "kdf-memory"])
 def test_a_damaged_backup_restores_nothing(node_factory, tmp_path, damage):
     ada = node_factory(name="Ada")
     congregation_with(ada)
@@ -284,12 +286,21 @@ def test_a_damaged_backup_restores_nothing(node_factory, tmp_path, damage):
     elif damage == "kdf-parameter":                # no longer a power of two: scrypt cannot take it
         assert b'"n":131072' in data
         data = data.replace(b'"n":131072', b'"n":131073', 1)
+    elif damage == "kdf-memory":                   # 2 GiB asked of whoever restores it: refused unread
+        start = len(b"CREWNODE-BACKUP1") + 4
+        (size,) = struct.unpack(">I", data[start - 4:start])
+        header = json.loads(data[start:start + size])
+        header["kdf"].update(n=2 ** 20, r=16)
+        raw = json.dumps(header).encode()
+        data = data[:start - 4] + struct.pack(">I", len(raw)) + raw + data[start + size:]
     else:
         data[len(data) // 2 if damage == "flip-middle" else -1] ^= 0x40
     backup.write_bytes(bytes(data))
     target = tmp_path / "restored"
     refused = crewnode("restore", backup, "--home", target, check=False)
     assert "damaged" in refused.stderr
+    if damage == "kdf-memory":
+        assert "far more memory or time" in refused.stderr
     assert not target.exists()
     assert not [p for p in tmp_path.iterdir() if "restoring" in p.name]
 
