@@ -160,7 +160,7 @@ def _propose_removal(doc_id):
 def fork_congregation(cid):
     data = body()
     return node().call(Service.fork_congregation, cid, field(data, "name"), data.get("crews", []),
-                       data.get("members", [])), 201
+                       data.get("members", []), data.get("purpose")), 201
 
 
 @api.get("/agreements/<aid>")

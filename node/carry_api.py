@@ -19,6 +19,7 @@ import re
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
 
 from . import carry, views
+from .docstate import names_for
 from .api import body
 from .errors import Invalid, NodeError
 
@@ -152,7 +153,7 @@ def _page_data(service) -> dict:
     for state in service.states.values():
         if service.me not in state.members:
             continue
-        names = service.states.get(state.congregation) or state
+        names = names_for(service.states, state)
         exports.append({"type": state.type, "id": state.id, "name": state.meta_value("name")})
         if state.type == "congregation":
             for m in state.active_members():

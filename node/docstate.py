@@ -229,14 +229,25 @@ def membership_event(entry, author: str):
     return None
 
 
+def names_for(states: dict, state: "DocState") -> "DocState":
+    """The document whose member names `state` shows: a crew's congregation as held here (else
+    the one it was made in: a split may have moved it to one not held here), or itself."""
+    if state.type != "crew":
+        return state
+    return states.get(state.congregation) or states.get(state.genesis.op.get("congregation")) or state
+
+
 def gone_from_congregation(states: dict, crew: "DocState", member: str) -> bool:
-    """Whether `member` has left the congregation of `crew` or was removed from it, as held
-    here. A crew's members are congregation members: one who is gone no longer receives the
-    crew's records, though the crew counts them as a member until it removes them (whether an
-    entry counts never depends on another document, so every node decides alike)."""
+    """Whether `member` is not an active member of the congregation of `crew`, as held here:
+    left, removed, or never in it (added to the crew before a split moved it to a congregation
+    they did not go to). A crew's members are congregation members: one who is gone no longer
+    receives the crew's records, though the crew counts them as a member until it removes them
+    (whether an entry counts never depends on another document, so every node decides alike)."""
     congregation = states.get(crew.congregation) if crew.type == "crew" else None
-    found = congregation.members.get(member) if congregation is not None else None
-    return found is not None and found.status != "active"
+    if congregation is None:
+        return False
+    found = congregation.members.get(member)
+    return found is None or found.status != "active"
 
 
 def records_reach(states: dict, state: "DocState", member: str) -> bool:
@@ -261,7 +272,7 @@ class DocState:
         self.members: dict[str, Member] = {}
         self.names: dict[str, tuple] = {}              # member -> (order key, name)
         self.invites: dict[str, dict] = {}
-        self.withdrawn: dict[str, tuple] = {}            # invite key -> (order key, member) of its first withdrawal
+        self.withdrawn: dict[str, tuple] = {}          # invite key -> (order key, member) of its first withdrawal
         self.agreements: dict[str, Agreement] = {}
         self.commitments: dict[str, Commitment] = {}
         self.retired_devices: dict[str, int] = {}      # device -> last seq of it that counts
@@ -373,6 +384,7 @@ class DocState:
         elif kind == "split":
             self.splits.append({"id": op["child"], "name": op.get("name", ""), "members": op.get("members", []),
                                 "crews": op.get("crews", []), "by": author, "at": entry.at})
+            self.splits.sort(key=lambda split: (split["at"], split["id"]))    # not in arrival order
         elif kind == "move":
             self.moves.append((key, op["congregation"]))
             self.congregation = max(self.moves)[1]

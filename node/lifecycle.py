@@ -3,8 +3,9 @@
 Each action writes ordinary signed entries; what they mean for which entries count is settled
 by the ledger's recompute, the same on every node (see node/ledger.py).
 """
+from .docstate import names_for
 from .errors import Conflict, Invalid, NodeError, NotFound
-from .rules import MAX_REASON, MAX_TITLE, Refused, check_member_id, check_text
+from .rules import MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_member_id, check_text
 
 
 def my_devices(service, doc: str, member: str) -> dict[str, int]:
@@ -46,7 +47,7 @@ def propose_removal(service, doc: str, member, reason) -> dict:
         raise Invalid("you cannot propose your own removal: leave instead")
     if not service._is_active(state, member):
         raise Invalid(f"{member} is not an active member of this {state.type}")
-    names = service.states.get(state.congregation) or state
+    names = names_for(service.states, state)
     title = f"Remove {names.name_of(member)}"[:MAX_TITLE]
     return service.propose(doc, title, reason, kind="removal", subject=member)
 
@@ -123,14 +124,18 @@ def resume_vector(service, doc: str, member: str) -> dict:
     return my_devices(service, doc, member)
 
 
-def fork_congregation(service, cid: str, name, crews, members) -> dict:
-    """Split a congregation: a new one with the members and crews named, linked to its parent."""
+def fork_congregation(service, cid: str, name, crews, members, purpose=None) -> dict:
+    """Split a congregation: a new one with the members and crews named, linked to its parent;
+    its purpose is the parent's unless another is given."""
     parent = service.congregation_state(cid)
     service._writable(parent)
     try:
         name = check_text(name, "name", MAX_TITLE)
+        purpose = check_text(purpose or "", "purpose", MAX_TEXT, required=False)
     except Refused as exc:
         raise Invalid(str(exc)) from None
+    if name.strip().casefold() == parent.meta_value("name").strip().casefold():
+        raise Invalid("give the new congregation a name of its own, so that people can tell the two apart")
     if not isinstance(crews, list) or not isinstance(members, list):
         raise Invalid("crews and members must be lists of ids")
     chosen = []
@@ -150,8 +155,9 @@ def fork_congregation(service, cid: str, name, crews, members) -> dict:
         behind = [m for m in mine[crew].active_members() if m not in chosen]
         if behind:
             names = ", ".join(parent.name_of(m) for m in behind)
-            raise Invalid(f"{mine[crew].meta_value('name')} goes with the new congregation, but its members "
-                          f"{names} do not: choose them too, or leave the crew here")
+            who = f"its members {names} do not" if len(behind) > 1 else f"its member {names} does not"
+            raise Invalid(f"{mine[crew].meta_value('name')} goes with the new congregation, but {who}: "
+                          "choose them too, or leave the crew here")
     from . import views
     inherited = [{"id": a["id"], "kind": a["kind"], "title": a["title"], "text": a["text"],
                   "status": a["status"], "review_by": a["review_by"]} for a in views.agreements_view(parent)]
@@ -159,7 +165,7 @@ def fork_congregation(service, cid: str, name, crews, members) -> dict:
     op = {"t": "genesis", "type": "congregation", "members": chosen, "crews": list(crews),
           "names": {m: parent.name_of(m) for m in chosen}, "inherited": inherited,
           "forked_from": {"id": cid, "name": parent.meta_value("name"), "vector": vector}}
-    child = service._genesis(op, {"name": name, "purpose": parent.meta_value("purpose")})
+    child = service._genesis(op, {"name": name, "purpose": purpose or parent.meta_value("purpose")})
     for crew in crews:
         service._write(crew, {"t": "move", "congregation": child})
     service._write(cid, {"t": "split", "child": child, "name": name, "members": chosen, "crews": list(crews)})

@@ -23,7 +23,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from markupsafe import Markup, escape
 
 from . import views
-from .docstate import gone_from_congregation
+from .docstate import gone_from_congregation, names_for
 from .errors import Invalid, NodeError, NotFound
 from .ids import now_ms
 from .service import INVITE_DAYS, Service
@@ -166,9 +166,7 @@ def options(items, chosen: str = "") -> Markup:
                           f'{escape(item["name"])}</option>' for item in items))
 
 
-@pages.app_template_filter("plural")
-def plural(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"
+pages.app_template_filter("plural")(views.plural)
 
 
 # -- gathering page data on the node thread ----------------------------------------------------
@@ -180,10 +178,6 @@ def _summaries(state) -> list[dict]:
         read = views.facts_reader(state)
         return [{"id": a.id, "status": read(a)["status"]} for a in ordered]
     return views.memo(state, "page-summaries", compute)
-
-
-def _names_doc(service, state):
-    return service.states.get(state.congregation) if state.congregation else state
 
 
 _VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # DocState -> {aid: (key, view)}
@@ -205,7 +199,7 @@ def names_fingerprint(names) -> frozenset:
 def _agreement_views(service, state, ids) -> list[dict]:
     """Agreement views for a page, each remembered until that agreement, the membership or the
     names change, so an answer to one agreement re-renders only its own card's data."""
-    names = _names_doc(service, state) or state
+    names = names_for(service.states, state)
     cache = _VIEWS.get(state)
     if cache is None:
         cache = _VIEWS[state] = {}
@@ -281,8 +275,10 @@ def home_data(service, show_all: bool) -> dict:
     for congregation in congregations:
         cards = [views.memo(c, "home-card", lambda c=c: {"id": c.id, "name": c.meta_value("name"),
                                                          "size": len(c.active_members())})
-                 for c in service.crews_of(congregation["id"])]
+                 for c in service.crews_of(congregation["id"]) if c.members[service.me].status == "active"]
         congregation["crews"] = sorted(cards, key=lambda c: c["name"].lower())
+        lineage = service.states[congregation["id"]].lineage
+        congregation["forked_from_name"] = lineage.get("name") if lineage else None
     due = due_view(service)
     return {"me": me, "congregations": congregations, "due": due, "show_all": show_all, "due_shown": DUE_SHOWN,
             "overdue": sum(1 for c in due["commitments"] if c["overdue"])}
@@ -326,6 +322,8 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
         "status_note": status_note(state, me),
         "changes": page_changes(service, state),
         "inherited_shown": INHERITED_SHOWN,
+        # Going in a split does not end one's membership here: only leaving does.
+        "went": {m: split["name"] for split in state.splits for m in split["members"]},
     }
 
 
@@ -407,16 +405,24 @@ def crew_data(service, crew_id: str) -> dict:
     """The crew page; remembered until the crew or its congregation (names) changes, or the day."""
     crew = service.crew_state(crew_id)
     congregation = service.states.get(crew.congregation)
+    names = names_for(service.states, crew)
     today = dt.date.today().isoformat()
-    key = ("page", service.me, today, views.revision(congregation) if congregation else None,
-           len(crew.void), len(crew.forks))
-    return views.memo(crew, key, lambda: _crew_data(service, crew, congregation, today))
+    key = ("page", service.me, today, views.revision(names), congregation is None, len(crew.void), len(crew.forks))
+    return views.memo(crew, key, lambda: _crew_data(service, crew, congregation, names, today))
 
 
-def _crew_data(service, crew, congregation, today: str) -> dict:
+def _moved_to(service, crew, names) -> str | None:
+    """The name of the congregation a split moved `crew` to, when that is not held here (the
+    crew's own record of the move may not reach me, but its old congregation's does)."""
+    return next((split["name"] for split in names.splits
+                 if crew.id in split["crews"] and split["id"] not in service.states), None)
+
+
+def _crew_data(service, crew, congregation, names, today: str) -> dict:
     view = service.crew_view(crew.id)
+    moved_to = _moved_to(service, crew, names)
     # Active in the crew but gone from its congregation: the crew's records no longer reach them.
-    gone = {m: congregation.members[m].status for m in crew.members
+    gone = {m: congregation.members[m].status if m in congregation.members else "outside" for m in crew.members
             if crew.members[m].status == "active" and gone_from_congregation(service.states, crew, m)}
     members = [{"id": m, "name": view["member_names"].get(m, m[:8]), "status": crew.members[m].status,
                 "gone": gone.get(m)}
@@ -426,24 +432,25 @@ def _crew_data(service, crew, congregation, today: str) -> dict:
         candidates = [m for m in views.member_list(congregation)
                       if m["status"] == "active" and m["id"] not in crew.members]
     for a in view["agreements"]:
-        decorate(a, service.me, names=congregation or crew)
+        decorate(a, service.me, names=names)
     for commitment in view["commitments"]:
         commitment["overdue"] = bool(commitment["status"] == "open" and commitment["due"] and commitment["due"] < today)
     return {
         "me": service.me, "crew": view, "members": members, "candidates": candidates,
         "active": [m for m in members if m["status"] == "active"],
         "gone": [m for m in members if m["gone"]],
-        "congregation": {"id": crew.congregation,
+        "congregation": {"id": crew.congregation if congregation and not moved_to else None,
                          "name": congregation.meta_value("name") if congregation else "its congregation"},
+        "moved_to": moved_to,
         "my_status": crew.members[service.me].status,
         "status_note": status_note(crew, service.me),
-        "changes": page_changes(service, crew, congregation),
+        "changes": page_changes(service, crew, names),
     }
 
 
 def agreement_data(service, aid: str) -> dict:
     state, _ = service.find_agreement(aid)
-    agreement = decorate(service.agreement_view(aid), service.me, limit=None, names=_names_doc(service, state))
+    agreement = decorate(service.agreement_view(aid), service.me, limit=None, names=names_for(service.states, state))
     return {"me": service.me, "agreement": agreement,
             "scope": {"type": state.type, "id": state.id, "name": state.meta_value("name")},
             "my_status": state.members[service.me].status}
@@ -452,8 +459,11 @@ def agreement_data(service, aid: str) -> dict:
 def history_data(service, doc_id: str, kind: str) -> dict:
     state = service.congregation_state(doc_id) if kind == "congregation" else service.crew_state(doc_id)
     entries = service.history(doc_id, limit=HISTORY_SHOWN)
+    congregation = service.states.get(state.congregation) if kind == "crew" else None
+    parent = {"id": congregation.id, "name": congregation.meta_value("name")} \
+        if congregation is not None and service.me in congregation.members else None
     return {"scope": {"type": kind, "id": doc_id, "name": state.meta_value("name")}, "entries": entries,
-            "limit": HISTORY_SHOWN}
+            "limit": HISTORY_SHOWN, "parent": parent}
 
 
 # -- sync features (the sync engine may or may not be there) --------------------------------------
@@ -794,8 +804,11 @@ def propose_removal_in_congregation(cid):
 def fork_congregation(cid):
     node().call(Service.congregation_state, cid)
     try:
+        if request.form.get("confirm") != "yes":
+            raise Invalid("tick “I want to split this congregation” to confirm, then press Fork congregation again")
         made = node().call(Service.fork_congregation, cid, field("fork_name"),
-                           request.form.getlist("fork_crews"), request.form.getlist("fork_members"))
+                           request.form.getlist("fork_crews"), request.form.getlist("fork_members"),
+                           field("fork_purpose"))
     except NodeError as exc:
         return _congregation_form_error(cid, "fork", exc)
     return redirect(url_for(".congregation", cid=made["id"]), 303)

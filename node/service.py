@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pycrdt import Doc, Map
 
 from . import lifecycle, views
-from .docstate import DocState
+from .docstate import DocState, names_for
 from .entries import build_entry
 from .errors import Conflict, Forbidden, Invalid, NotFound
 from .identity import load_or_create_identity, raw_public, verify
@@ -289,7 +289,8 @@ class Service:
         if state.lineage:
             parent = {"id": state.lineage["id"], "name": state.lineage.get("name", ""),
                       "held_here": state.lineage["id"] in self.states}
-        return {"lineage": {"parent": parent, "children": state.splits}, "inherited": state.inherited,
+        children = [{**split, "at": views.iso(split["at"])} for split in state.splits]
+        return {"lineage": {"parent": parent, "children": children}, "inherited": state.inherited,
                 "forks": forks, "void_entries": void}
 
     def void_view(self, state: DocState, names: DocState | None = None) -> list[dict]:
@@ -311,13 +312,13 @@ class Service:
         state = self.states.get(doc_id)
         if state is None or self.me not in state.members:
             raise NotFound(f"no congregation or crew {doc_id} here")
-        names = self.states.get(state.congregation) if state.congregation else state
+        names = names_for(self.states, state)
         out = []
         from .entries import decode_entry
         for author, device, seq, at, raw, void in self.store.history(doc_id, limit):
             entry = decode_entry(raw)
-            out.append({"author": author, "author_name": (names or state).name_of(author), "device": device,
-                        "seq": seq, "at": views.iso(at), "summary": summarize(entry, state, names or state),
+            out.append({"author": author, "author_name": names.name_of(author), "device": device,
+                        "seq": seq, "at": views.iso(at), "summary": summarize(entry, state, names),
                         "void": void})
         return out
 
@@ -423,9 +424,10 @@ class Service:
     def crew_view(self, crew_id: str) -> dict:
         """GET /api/crews/{crew_id}."""
         crew = self.crew_state(crew_id)
-        congregation = self.states.get(crew.congregation)
-        changes = self.changes_view(crew, congregation)
-        return {**views.crew_view(crew, congregation), "my_status": crew.members[self.me].status,
+        names = names_for(self.states, crew)
+        changes = self.changes_view(crew, names)
+        origin = self.states.get(crew.genesis.op.get("congregation"))
+        return {**views.crew_view(crew, names, origin), "my_status": crew.members[self.me].status,
                 "forks": changes["forks"], "void_entries": changes["void_entries"]}
 
     # -- membership over time (node/lifecycle.py) --------------------------------------------------
@@ -438,9 +440,9 @@ class Service:
         """POST /api/congregations/{cid}/removals, /api/crews/{crew_id}/removals."""
         return lifecycle.propose_removal(self, doc_id, member, reason)
 
-    def fork_congregation(self, cid: str, name, crews, members) -> dict:
+    def fork_congregation(self, cid: str, name, crews, members, purpose=None) -> dict:
         """POST /api/congregations/{cid}/fork."""
-        return lifecycle.fork_congregation(self, cid, name, crews or [], members or [])
+        return lifecycle.fork_congregation(self, cid, name, crews or [], members or [], purpose)
 
     def add_crew_member(self, crew_id: str, member) -> dict:
         """POST /api/crews/{crew_id}/members."""
@@ -488,8 +490,7 @@ class Service:
     def agreement_view(self, aid: str) -> dict:
         """GET /api/agreements/{aid}."""
         state, agreement = self.find_agreement(aid)
-        names = self.states.get(state.congregation) if state.congregation else state
-        return views.agreement_view(state, agreement, names or state)
+        return views.agreement_view(state, agreement, names_for(self.states, state))
 
     def respond(self, aid: str, response, reason="") -> dict:
         """POST /api/agreements/{aid}/responses."""
@@ -584,7 +585,7 @@ class Service:
 
     def commitment_view(self, commitment_id: str) -> dict:
         state, commitment = self.find_commitment(commitment_id)
-        return views.commitment_view(commitment, self.states.get(state.congregation) or state)
+        return views.commitment_view(commitment, names_for(self.states, state))
 
     def set_commitment_status(self, commitment_id: str, status) -> dict:
         """PATCH /api/commitments/{id}."""
@@ -608,7 +609,7 @@ class Service:
         for state in list(self.states.values()):
             if self.me not in state.members:
                 continue
-            names = self.states.get(state.congregation) or state
+            names = names_for(self.states, state)
             part = views.due_in(state, self.me, today)
             for c in part["commitments"]:
                 # the keys in the order commitment_view(commitment, names) gives them, then ours
@@ -646,6 +647,10 @@ def _text(op: dict, key: str, default: str | None = None) -> str:
     return value
 
 
+def _for(note: str | None) -> str:
+    return f" for {note}" if note else ""
+
+
 def _summary(entry, state: DocState, names: DocState) -> str:
     op = entry.op
     kind = op["t"]
@@ -654,16 +659,21 @@ def _summary(entry, state: DocState, names: DocState) -> str:
     commitment = state.commitments.get(op.get("commitment", ""))
     what = _text(commitment.first[1].op, "what") if commitment else "a commitment"
     return {
-        "genesis": lambda: f"created the {state.type} “{state.meta_value('name')}”",
+        "genesis": lambda: (f"split “{state.meta_value('name')}” off from “{_text(op['forked_from'], 'name', '')}”, "
+                            f"with {views.plural(len(op['members']), 'member')} and {views.plural(len(op['crews']), 'crew')}"
+                            if op.get("forked_from") else f"created the {state.type} “{state.meta_value('name')}”"),
         "name": lambda: f"set their name to “{_text(op, 'name')}”",
         "leave": lambda: f"left the {state.type}",
         "cut": lambda: f"carried out the agreed removal of {names.name_of(_text(op, 'member'))}",
-        "split": lambda: f"split off the congregation “{_text(op, 'name', '')}”",
-        "move": lambda: "moved the crew to another congregation",
+        "split": lambda: (f"split off the congregation “{_text(op, 'name', '')}”, with "
+                          + ", ".join(names.name_of(m) for m in op["members"])
+                          + (f" and {views.plural(len(op['crews']), 'crew')}" if op.get("crews") else "")),
+        "move": lambda: (f"moved the crew to “{names.meta_value('name')}”" if names.id == op["congregation"]
+                         else "moved the crew to another congregation"),
         "retire_device": lambda: "retired one of their devices",
         "meta": lambda: "edited the name or purpose",
-        "invite": lambda: "created an invite",
-        "withdraw": lambda: "withdrew an invite",
+        "invite": lambda: "created an invite" + _for(_text(op, "note", "")),
+        "withdraw": lambda: "withdrew an invite" + _for(state.invites.get(_text(op, "invite"), {}).get("note")),
         "admit": lambda: f"admitted {names.name_of(_text(op, 'member'))}",
         "add": lambda: f"added {names.name_of(_text(op, 'member'))} to the crew",
         "propose": lambda: f"proposed “{_text(op, 'title')}”",

@@ -15,6 +15,11 @@ _FACTS: "weakref.WeakKeyDictionary[DocState, dict]" = weakref.WeakKeyDictionary(
 _MEMBERS: "weakref.WeakKeyDictionary[DocState, frozenset]" = weakref.WeakKeyDictionary()
 
 
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """A count and its noun: 1 member, 3 members."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 def iso(ms: int) -> str:
     """Milliseconds since the epoch as an ISO 8601 UTC time."""
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -201,14 +206,15 @@ def crew_summary(crew: DocState) -> dict:
             "members": crew.active_members()}
 
 
-def crew_view(crew: DocState, congregation: DocState | None) -> dict:
-    """A crew as API.md shapes it."""
-    names = congregation or crew
+def crew_view(crew: DocState, names: DocState, origin: DocState | None = None) -> dict:
+    """A crew as API.md shapes it, with the member names of `names` (docstate.names_for), else
+    of `origin`, the congregation it was made in (for a member who did not go with it in a split)."""
     commitments = sorted(crew.commitments.values(), key=lambda c: (c.first[1].op.get("due") or "9999", c.first[0]))
     view = {
         **crew_summary(crew),
         "congregation_id": crew.congregation,
-        "member_names": {m: names.name_of(m) for m in crew.members},
+        "member_names": {m: (origin if origin is not None and m not in names.names else names).name_of(m)
+                         for m in crew.members},
         "agreements": agreements_view(crew, names),
         "commitments": [commitment_view(c, names) for c in commitments],
     }

@@ -261,13 +261,16 @@ def test_fork_a_congregation_and_follow_the_lineage_both_ways(node_factory, brow
     try:
         page = open_node(context.new_page(), ada)
         page.get_by_role("heading", name="Riverside").get_by_role("link").click()
-        page.get_by_text("Split this congregation").click()
+        page.get_by_text("Split this congregation", exact=True).click()
         form = page.locator("form#fork")
         expect(form).to_contain_text("Members you do not choose never receive the new congregation")
         expect(form).to_contain_text("Both congregations keep their history")
+        expect(form).to_contain_text("Those who go stay members here too")
         form.get_by_label("Kitchen").check()
         form.get_by_label("Bo", exact=True).check()
         form.get_by_label("New congregation name").fill("  ")
+        form.get_by_label("Its purpose (optional)").fill("Tools and meals by the little river")
+        form.get_by_label("I want to split this congregation").check()
         form.get_by_role("button", name="Fork congregation").click()
 
         form = page.locator("form#fork")
@@ -275,11 +278,24 @@ def test_fork_a_congregation_and_follow_the_lineage_both_ways(node_factory, brow
         expect(form.get_by_label("Kitchen")).to_be_checked()                 # nothing chosen is lost
         expect(form.get_by_label("Bo", exact=True)).to_be_checked()
         expect(form.get_by_label("Garden")).not_to_be_checked()
+        expect(form.get_by_label("Its purpose (optional)")).to_have_value("Tools and meals by the little river")
+        form.get_by_label("New congregation name").fill(" riverside ")          # the parent's own name
+        form.get_by_label("I want to split this congregation").check()
+        form.get_by_role("button", name="Fork congregation").click()
+        form = page.locator("form#fork")
+        expect(form.get_by_role("alert")).to_contain_text("a name of its own")
+        # The browser insists on the box; the node does too, for a form posted without it.
+        csrf = form.locator("input[name=csrf]").get_attribute("value")
+        unticked = page.request.post(f"{ada.base}/c/{cid}/fork", form={"csrf": csrf, "fork_name": "Far River"})
+        assert unticked.status == 400 and "I want to split this congregation" in unticked.text()
+        assert len(ada.api("GET", "/api/congregations", expect=200)[1]) == 1
         form.get_by_label("New congregation name").fill("Little River")
+        form.get_by_label("I want to split this congregation").check()
         form.get_by_role("button", name="Fork congregation").click()
 
         # Redirected to the new congregation, linked to its parent, with what it inherited.
         expect(page.get_by_role("heading", level=1)).to_have_text("Little River")
+        expect(page.locator(".purpose")).to_have_text("Tools and meals by the little river")
         expect(page.locator(".lineage")).to_have_text("Forked from Riverside")
         expect(page.locator("#crews").get_by_role("link", name="Kitchen")).to_be_visible()
         expect(page.locator("#crews").get_by_role("link", name="Garden")).to_have_count(0)
@@ -288,6 +304,7 @@ def test_fork_a_congregation_and_follow_the_lineage_both_ways(node_factory, brow
         expect(inherited).to_contain_text("Quiet after ten")
         expect(inherited).to_contain_text("No loud work after ten in the evening.")
         expect(inherited.get_by_role("button")).to_have_count(0)               # read-only
+        expect(inherited).to_contain_text("at the split: Open round")
 
         page.locator(".lineage").get_by_role("link", name="Riverside").click()
         expect(page.get_by_role("heading", level=1)).to_have_text("Riverside")
@@ -299,7 +316,8 @@ def test_fork_a_congregation_and_follow_the_lineage_both_ways(node_factory, brow
     finally:
         context.close()
 
-    # Bo, named, receives the new congregation and sees where it came from.
+    # Bo, named, receives the new congregation and sees where it came from, and that he is
+    # still a member of Riverside until he leaves it.
     sync(bo, ada)
     listed = {c["id"]: c for c in bo.api("GET", "/api/congregations", expect=200)[1]}
     assert listed[child]["forked_from"] == cid and listed[child]["name"] == "Little River"
@@ -309,6 +327,17 @@ def test_fork_a_congregation_and_follow_the_lineage_both_ways(node_factory, brow
         page.get_by_role("link", name="Little River").click()
         expect(page.locator(".lineage").get_by_role("link", name="Riverside")).to_be_visible()
         expect_fits_a_phone(page, "a forked congregation's page")
+        page.get_by_role("navigation", name="Breadcrumb").get_by_role("link", name="Home").click()
+        expect(page.locator(".congregation-card").filter(has_text="Little River")).to_contain_text("split off from Riverside")
+        page.locator(".congregation-card").get_by_role("link", name="Riverside", exact=True).click()
+        expect(page.locator("#went-note")).to_contain_text("You went to Little River when it split off")
+        expect(page.locator("#member-list")).to_contain_text("Bo (you) · went to Little River")
+        page.get_by_role("link", name="History").click()
+        expect(page.locator("ol.history")).to_contain_text("Ada split off the congregation “Little River”, with Ada, Bo and 1 crew")
+        kitchen = bo.api("GET", f"/api/congregations/{child}", expect=200)[1]["crews"][0]["id"]
+        page.goto(f"{bo.base}/crews/{kitchen}/history")
+        expect(page.get_by_role("navigation", name="Breadcrumb")).to_have_text("Home › Little River › Kitchen › History")
+        expect(page.locator("ol.history")).to_contain_text("Ada moved the crew to “Little River”")
     finally:
         context.close()
 

@@ -258,8 +258,8 @@ def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory,
 
     page.get_by_role("link", name="History").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("History of Riverside")
-    expect(page.locator("ol.history")).to_contain_text("Ada withdrew an invite")
-    expect(page.locator("ol.history")).to_contain_text("Ada created an invite")
+    expect(page.locator("ol.history")).to_contain_text("Ada withdrew an invite for Bea from number 12")
+    expect(page.locator("ol.history")).to_contain_text("Ada created an invite for Bea from number 12")
     expect(page.locator("ol.history")).to_contain_text("Ada created the congregation “Riverside”")
 
 

@@ -310,7 +310,7 @@ def test_splitting_a_congregation(world):
     # A crew goes only with its members.
     status, answer = ada.api("POST", f"/api/congregations/{cid}/fork",
                              {"name": "Little River", "crews": [kitchen, garden], "members": [world.id(bo)]})
-    assert status == 400 and "Garden goes with the new congregation, but its members Cy do not" in answer["error"]
+    assert status == 400 and "Garden goes with the new congregation, but its member Cy does not" in answer["error"]
     assert [c["id"] for c in view(ada, cid)["lineage"]["children"]] == []
     child = ada.api("POST", f"/api/congregations/{cid}/fork",
                     {"name": "Little River", "crews": [kitchen], "members": [world.id(bo)]}, expect=201)[1]

@@ -1,0 +1,80 @@
+"""Splitting a congregation, what members on each side are shown, and where a moved crew's
+records go (Service level, exchanges as the HTTPS transport carries them)."""
+from types import SimpleNamespace
+
+import pytest
+
+from factories import congregation, exchange
+from node import pages
+from node.docstate import gone_from_congregation
+from node.errors import Invalid
+from sync import protocol
+
+
+@pytest.fixture
+def world(tmp_path):
+    (ada, bea, cy), cid = congregation(tmp_path)
+    yield SimpleNamespace(ada=ada, bea=bea, cy=cy, all=(ada, bea, cy), cid=cid)
+    for svc in (ada, bea, cy):
+        svc.close()
+
+
+def exchange_all(*services) -> None:
+    """Every pair exchanges, twice round, as their nodes would."""
+    for _ in range(2):
+        for a in services:
+            for b in services:
+                if a is not b:
+                    exchange(a, b)
+
+
+def test_concurrent_splits_are_listed_in_the_same_order_everywhere(world):
+    ada, bea, cid = world.ada, world.bea, world.cid
+    # Made apart, then met: each node first heard of its own split.
+    bea.fork_congregation(cid, "Hillside", [], [])
+    ada.fork_congregation(cid, "Lakeside", [], [])
+    exchange_all(*world.all)
+    orders = {node.my_name(): [c["name"] for c in node.congregation_view(cid)["lineage"]["children"]]
+              for node in world.all}
+    assert len({tuple(order) for order in orders.values()}) == 1, orders
+    assert sorted(orders["Ada"]) == ["Hillside", "Lakeside"]
+    assert all(isinstance(c["at"], str) and c["at"].endswith("Z")
+               for c in ada.congregation_view(cid)["lineage"]["children"])
+
+
+def test_a_split_needs_a_name_of_its_own_and_keeps_or_sets_the_purpose(world):
+    ada, cid = world.ada, world.cid
+    for same in ("Riverside", " riverside "):
+        with pytest.raises(Invalid, match="a name of its own"):
+            ada.fork_congregation(cid, same, [], [])
+    kept = ada.fork_congregation(cid, "Upstream", [], [])
+    assert kept["purpose"] == "neighbours on one street"
+    given = ada.fork_congregation(cid, "Downstream", [], [], "boats")
+    assert given["purpose"] == "boats"
+
+
+def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(world):
+    ada, bea, cy, cid = world.ada, world.bea, world.cy, world.cid
+    crew = ada.create_crew(cid, "Garden", "", [cy.me])["id"]
+    exchange_all(*world.all)
+    # Ada splits off Garden Club with Cy and the crew; Cy, not yet knowing, adds Bea to it.
+    child = ada.fork_congregation(cid, "Garden Club", [crew], [cy.me])["id"]
+    cy.add_crew_member(crew, bea.me)
+    exchange(bea, cy)                                   # Bea hears of it before Cy hears of the split
+    exchange_all(*world.all)
+    for node in (ada, cy):
+        assert node.states[crew].congregation == child
+        assert gone_from_congregation(node.states, node.states[crew], bea.me)
+        assert crew not in protocol.shared_docs(node, bea.me)
+    # What the crew writes from then on stays with the members of its congregation.
+    ada.commit(crew, "Pay for the seeds")
+    exchange_all(*world.all)
+    assert "Pay for the seeds" in {c["what"] for c in cy.crew_view(crew)["commitments"]}
+    assert "Pay for the seeds" not in {c["what"] for c in bea.crew_view(crew)["commitments"]}
+    # Each side is told, with names: the crew's members, and Bea, whose node lacks Garden Club.
+    seen_by_ada = pages.crew_data(ada, crew)
+    assert [(m["name"], m["gone"]) for m in seen_by_ada["gone"]] == [("Bea", "outside")]
+    seen_by_bea = pages.crew_data(bea, crew)
+    assert seen_by_bea["moved_to"] == "Garden Club"
+    assert seen_by_bea["congregation"]["id"] is None
+    assert {m["name"] for m in seen_by_bea["members"]} == {"Ada", "Bea", "Cy"}
