@@ -324,7 +324,23 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
         "inherited_shown": INHERITED_SHOWN,
         # Going in a split does not end one's membership here: only leaving does.
         "went": {m: split["name"] for split in state.splits for m in split["members"]},
+        "taken_elsewhere": _taken_elsewhere(service, state),
     }
+
+
+def _taken_elsewhere(service, state) -> list[dict]:
+    """Crews this congregation was split off with that a split made at the same time took
+    elsewhere (a crew belongs where its latest move puts it, on every node)."""
+    out = []
+    for crew_id in state.genesis.op.get("crews", []):
+        crew = service.states.get(crew_id)
+        if crew is None or service.me not in crew.members or crew.congregation == state.id \
+                or any(crew_id in split["crews"] for split in state.splits):     # moved on from here later
+            continue
+        there = service.states.get(crew.congregation)
+        out.append({"name": crew.meta_value("name"),
+                    "to": there.meta_value("name") if there is not None else "another congregation"})
+    return out
 
 
 # -- membership over time: my status, lineage, entries that do not count -------------------------

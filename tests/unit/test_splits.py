@@ -78,3 +78,19 @@ def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(
     assert seen_by_bea["moved_to"] == "Garden Club"
     assert seen_by_bea["congregation"]["id"] is None
     assert {m["name"] for m in seen_by_bea["members"]} == {"Ada", "Bea", "Cy"}
+
+
+def test_a_crew_two_splits_took_at_once_goes_to_one_and_the_other_says_where(world):
+    ada, bea, cid = world.ada, world.bea, world.cid
+    crew = ada.create_crew(cid, "Tool library", "", [bea.me])["id"]
+    exchange_all(*world.all)
+    made = {ada.fork_congregation(cid, "Toolside A", [crew], [bea.me])["id"]: "Toolside A",
+            bea.fork_congregation(cid, "Toolside B", [crew], [ada.me])["id"]: "Toolside B"}
+    exchange_all(*world.all)
+    for node in (ada, bea):
+        there = node.states[crew].congregation
+        assert there in made
+        other = next(child for child in made if child != there)
+        assert pages.congregation_data(node, there, "all", 1)["taken_elsewhere"] == []
+        assert pages.congregation_data(node, other, "all", 1)["taken_elsewhere"] == \
+            [{"name": "Tool library", "to": made[there]}]
