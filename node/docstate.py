@@ -237,6 +237,24 @@ def names_for(states: dict, state: "DocState") -> "DocState":
     return states.get(state.congregation) or states.get(state.genesis.op.get("congregation")) or state
 
 
+def name_in(states: dict, state: "DocState", member: str) -> str:
+    """A member's name as `state` shows it (names_for); for a crew, else as the congregation it
+    was made in knows it (someone added to it who did not go with it in a split)."""
+    names = names_for(states, state)
+    origin = states.get(state.genesis.op.get("congregation")) if state.type == "crew" else None
+    return (origin if origin is not None and member not in names.names else names).name_of(member)
+
+
+def moved_away(states: dict, crew: "DocState", member: str) -> str | None:
+    """The name of the congregation a split moved `crew` to, when `member` did not go there
+    (the crew's own record of the move may not have reached their node, but its old
+    congregation's record of the split has); None otherwise."""
+    names = names_for(states, crew)
+    return next((split["name"] for split in names.splits
+                 if crew.id in split["crews"] and member not in split["members"]
+                 and split["id"] not in states), None)
+
+
 def gone_from_congregation(states: dict, crew: "DocState", member: str) -> bool:
     """Whether `member` is not an active member of the congregation of `crew`, as held here:
     left, removed, or never in it (added to the crew before a split moved it to a congregation

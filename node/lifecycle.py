@@ -3,7 +3,9 @@
 Each action writes ordinary signed entries; what they mean for which entries count is settled
 by the ledger's recompute, the same on every node (see node/ledger.py).
 """
-from .docstate import names_for
+import unicodedata
+
+from .docstate import name_in
 from .errors import Conflict, Invalid, NodeError, NotFound
 from .rules import MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_member_id, check_text
 
@@ -20,7 +22,7 @@ def leave(service, doc: str) -> dict:
     state = service.states.get(doc)
     if state is None or service.me not in state.members:
         raise NotFound(f"no congregation or crew {doc} here")
-    service._writable(state)
+    service._writable(state, leaving=True)
     docs = [doc]
     if state.type == "congregation":
         docs += [c.id for c in service.crews_of(doc) if service._is_active(c)]
@@ -47,8 +49,7 @@ def propose_removal(service, doc: str, member, reason) -> dict:
         raise Invalid("you cannot propose your own removal: leave instead")
     if not service._is_active(state, member):
         raise Invalid(f"{member} is not an active member of this {state.type}")
-    names = names_for(service.states, state)
-    title = f"Remove {names.name_of(member)}"[:MAX_TITLE]
+    title = f"Remove {name_in(service.states, state, member)}"[:MAX_TITLE]
     return service.propose(doc, title, reason, kind="removal", subject=member)
 
 
@@ -124,6 +125,12 @@ def resume_vector(service, doc: str, member: str) -> dict:
     return my_devices(service, doc, member)
 
 
+def _plain(name: str) -> str:
+    """A name as people tell names apart: case, width, spacing and invisible characters aside."""
+    text = unicodedata.normalize("NFKC", name)
+    return " ".join("".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc")).split()).casefold()
+
+
 def fork_congregation(service, cid: str, name, crews, members, purpose=None) -> dict:
     """Split a congregation: a new one with the members and crews named, linked to its parent;
     its purpose is the parent's unless another is given."""
@@ -134,8 +141,12 @@ def fork_congregation(service, cid: str, name, crews, members, purpose=None) -> 
         purpose = check_text(purpose or "", "purpose", MAX_TEXT, required=False)
     except Refused as exc:
         raise Invalid(str(exc)) from None
-    if name.strip().casefold() == parent.meta_value("name").strip().casefold():
-        raise Invalid("give the new congregation a name of its own, so that people can tell the two apart")
+    taken = {_plain(split["name"]): f"“{split['name']}” already split off from here"
+             for split in parent.splits}
+    taken[_plain(parent.meta_value("name"))] = "that is this congregation's own name"
+    if _plain(name) in taken:
+        raise Invalid(f"{taken[_plain(name)]}: give the new congregation a name of its own, "
+                      "so that people can tell them apart")
     if not isinstance(crews, list) or not isinstance(members, list):
         raise Invalid("crews and members must be lists of ids")
     chosen = []

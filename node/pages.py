@@ -23,7 +23,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from markupsafe import Markup, escape
 
 from . import views
-from .docstate import gone_from_congregation, names_for
+from .docstate import gone_from_congregation, moved_away, names_for
 from .errors import Invalid, NodeError, NotFound
 from .ids import now_ms
 from .service import INVITE_DAYS, Service
@@ -323,9 +323,18 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
         "changes": page_changes(service, state),
         "inherited_shown": INHERITED_SHOWN,
         # Going in a split does not end one's membership here: only leaving does.
-        "went": {m: split["name"] for split in state.splits for m in split["members"]},
+        "went": _went(state),
         "taken_elsewhere": _taken_elsewhere(service, state),
     }
+
+
+def _went(state) -> dict[str, str]:
+    """member -> the congregations they went to in splits, in words."""
+    went: dict[str, list] = {}
+    for split in state.splits:
+        for member in split["members"]:
+            went.setdefault(member, []).append(split["name"])
+    return {member: " and ".join(names) for member, names in went.items()}
 
 
 def _taken_elsewhere(service, state) -> list[dict]:
@@ -427,16 +436,9 @@ def crew_data(service, crew_id: str) -> dict:
     return views.memo(crew, key, lambda: _crew_data(service, crew, congregation, names, today))
 
 
-def _moved_to(service, crew, names) -> str | None:
-    """The name of the congregation a split moved `crew` to, when that is not held here (the
-    crew's own record of the move may not reach me, but its old congregation's does)."""
-    return next((split["name"] for split in names.splits
-                 if crew.id in split["crews"] and split["id"] not in service.states), None)
-
-
 def _crew_data(service, crew, congregation, names, today: str) -> dict:
     view = service.crew_view(crew.id)
-    moved_to = _moved_to(service, crew, names)
+    moved_to = moved_away(service.states, crew, service.me)
     # Active in the crew but gone from its congregation: the crew's records no longer reach them.
     gone = {m: congregation.members[m].status if m in congregation.members else "outside" for m in crew.members
             if crew.members[m].status == "active" and gone_from_congregation(service.states, crew, m)}

@@ -7,6 +7,9 @@ from factories import Member, admit, congregation, sync_all
 from node import rules, views
 from node.ids import b32
 from node.errors import Conflict, Invalid, NotFound
+from node.identity import raw_public
+from node.rules import invite_message
+from node.service import invite_key
 
 
 @pytest.fixture
@@ -243,6 +246,20 @@ def test_withdrawing_an_invite(world):
     with pytest.raises(NotFound):
         ada.withdraw_invite("no-such-congregation", kit["key"])
     assert ada.store.max_rowid() == rows
+
+
+def test_an_admission_with_a_code_withdrawn_meanwhile_stands_and_says_so(world):
+    ada, bea, cid = world.ada, world.bea, world.cid
+    code = ada.create_invite(cid, "Mo")["code"]
+    sync_all(*world.all)
+    ada.withdraw_invite(cid, next(k for k, i in ada.states[cid].invites.items() if i["note"] == "Mo"))
+    mo = Member("Mo")
+    secret = invite_key(code)
+    key = b32(raw_public(secret))
+    bea.admit(key, mo.id, "Mo", secret.sign(invite_message(key, mo.id)))   # Bea had not heard
+    sync_all(*world.all)
+    assert ada.states[cid].members[mo.id].status == "active"
+    assert any(h["summary"].startswith("admitted Mo with a code that had been withdrawn") for h in ada.history(cid))
 
 
 def test_a_withdrawal_counts_in_any_order_and_the_first_names_who(world):

@@ -7,7 +7,7 @@ import pytest
 from factories import congregation, exchange
 from node import pages
 from node.docstate import gone_from_congregation
-from node.errors import Invalid
+from node.errors import Forbidden, Invalid
 from sync import protocol
 
 
@@ -44,10 +44,12 @@ def test_concurrent_splits_are_listed_in_the_same_order_everywhere(world):
 
 def test_a_split_needs_a_name_of_its_own_and_keeps_or_sets_the_purpose(world):
     ada, cid = world.ada, world.cid
-    for same in ("Riverside", " riverside "):
-        with pytest.raises(Invalid, match="a name of its own"):
+    for same in ("Riverside", " riverside ", "RIVER\u00adSIDE", "Riverside\u200b", "Ｒｉｖｅｒｓｉｄｅ"):
+        with pytest.raises(Invalid, match="this congregation's own name"):
             ada.fork_congregation(cid, same, [], [])
     kept = ada.fork_congregation(cid, "Upstream", [], [])
+    with pytest.raises(Invalid, match="“Upstream” already split off from here"):
+        ada.fork_congregation(cid, "UP\u200bstream ", [], [])
     assert kept["purpose"] == "neighbours on one street"
     given = ada.fork_congregation(cid, "Downstream", [], [], "boats")
     assert given["purpose"] == "boats"
@@ -78,6 +80,15 @@ def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(
     assert seen_by_bea["moved_to"] == "Garden Club"
     assert seen_by_bea["congregation"]["id"] is None
     assert {m["name"] for m in seen_by_bea["members"]} == {"Ada", "Bea", "Cy"}
+    # Her node offers nothing to do there but leaving: what she wrote would reach no one.
+    rows = bea.store.max_rowid()
+    with pytest.raises(Forbidden, match="went to Garden Club"):
+        bea.commit(crew, "Water the beans")
+    assert bea.store.max_rowid() == rows
+    assert bea.leave(crew)["status"] == "left"
+    # The members name her in what they write and read about her.
+    assert ada.propose_removal(crew, bea.me, "She did not come with the crew")["title"] == "Remove Bea"
+    assert any(h["summary"] == "added Bea to the crew" for h in ada.history(crew))
 
 
 def test_a_crew_two_splits_took_at_once_goes_to_one_and_the_other_says_where(world):
