@@ -469,19 +469,26 @@ def _crew_data(service, crew, congregation, names, today: str) -> dict:
 def agreement_data(service, aid: str) -> dict:
     state, _ = service.find_agreement(aid)
     agreement = decorate(service.agreement_view(aid), service.me, limit=None, names=names_for(service.states, state))
+    my_status = state.members[service.me].status
     return {"me": service.me, "agreement": agreement,
             "scope": {"type": state.type, "id": state.id, "name": state.meta_value("name")},
-            "my_status": state.members[service.me].status}
+            "parent": _crumb_parent(service, state), "my_status": my_status,
+            "can_write": my_status == "active" and not (state.type == "crew" and moved_away(service.states, state, service.me))}
+
+
+def _crumb_parent(service, state) -> dict | None:
+    """For a crew's pages below its own: the congregation to name in the breadcrumb, if mine here."""
+    congregation = service.states.get(state.congregation) if state.type == "crew" else None
+    if congregation is None or service.me not in congregation.members:
+        return None
+    return {"id": congregation.id, "name": congregation.meta_value("name")}
 
 
 def history_data(service, doc_id: str, kind: str) -> dict:
     state = service.congregation_state(doc_id) if kind == "congregation" else service.crew_state(doc_id)
     entries = service.history(doc_id, limit=HISTORY_SHOWN)
-    congregation = service.states.get(state.congregation) if kind == "crew" else None
-    parent = {"id": congregation.id, "name": congregation.meta_value("name")} \
-        if congregation is not None and service.me in congregation.members else None
     return {"scope": {"type": kind, "id": doc_id, "name": state.meta_value("name")}, "entries": entries,
-            "limit": HISTORY_SHOWN, "parent": parent}
+            "limit": HISTORY_SHOWN, "parent": _crumb_parent(service, state)}
 
 
 # -- sync features (the sync engine may or may not be there) --------------------------------------

@@ -338,6 +338,9 @@ def test_fork_a_congregation_and_follow_the_lineage_both_ways(node_factory, brow
         page.goto(f"{bo.base}/crews/{kitchen}/history")
         expect(page.get_by_role("navigation", name="Breadcrumb")).to_have_text("Home › Little River › Kitchen › History")
         expect(page.locator("ol.history")).to_contain_text("Ada moved the crew to “Little River”")
+        rule = bo.api("POST", f"/api/crews/{kitchen}/agreements", {"title": "Wash up together"}, expect=201)[1]
+        page.goto(f"{bo.base}/agreements/{rule['id']}")
+        expect(page.get_by_role("navigation", name="Breadcrumb")).to_have_text("Home › Little River › Kitchen › Agreement")
     finally:
         context.close()
 

@@ -58,6 +58,7 @@ def test_a_split_needs_a_name_of_its_own_and_keeps_or_sets_the_purpose(world):
 def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(world):
     ada, bea, cy, cid = world.ada, world.bea, world.cy, world.cid
     crew = ada.create_crew(cid, "Garden", "", [cy.me])["id"]
+    rule = ada.propose(crew, "Water at dawn", "")["id"]
     exchange_all(*world.all)
     # Ada splits off Garden Club with Cy and the crew; Cy, not yet knowing, adds Bea to it.
     child = ada.fork_congregation(cid, "Garden Club", [crew], [cy.me])["id"]
@@ -85,6 +86,8 @@ def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(
     with pytest.raises(Forbidden, match="went to Garden Club"):
         bea.commit(crew, "Water the beans")
     assert bea.store.max_rowid() == rows
+    assert not pages.agreement_data(bea, rule)["can_write"] and pages.agreement_data(ada, rule)["can_write"]
+    assert pages.agreement_data(ada, rule)["parent"] == {"id": child, "name": "Garden Club"}
     assert bea.leave(crew)["status"] == "left"
     # The members name her in what they write and read about her.
     assert ada.propose_removal(crew, bea.me, "She did not come with the crew")["title"] == "Remove Bea"
