@@ -263,6 +263,16 @@ def test_invite_shows_code_qr_and_expiry_and_history_names_authors(node_factory,
     expect(page.locator("ol.history")).to_contain_text("Ada created the congregation “Riverside”")
 
 
+def test_a_long_purpose_does_not_push_the_congregation_below_the_fold(node_factory, page):
+    node = node_factory.start(name="Ada")
+    cid = api_congregation(node, purpose="We share tools and meals. " * 760)     # about 20,000 characters
+    open_node(page, node)
+    page.goto(f"{node.base}/c/{cid}")
+    expect(page.locator(".page-head .purpose")).to_contain_text("We share tools and meals.")
+    crews = page.get_by_role("heading", name=re.compile("^Crews"))
+    assert crews.bounding_box()["y"] < page.viewport_size["height"], "the crews start below the first screen"
+
+
 def test_settings_renames_me(node_factory, page):
     node = node_factory.start(name="Ada")
     api_congregation(node)
