@@ -153,7 +153,8 @@ class AutoSync:
         """The LAN peers now present: instance, address, member (once known)."""
         with self._lock:
             return [{"instance": p.instance, "address": p.last_address or _address(p.addresses[0], p.port),
-                     "member": p.member, "last_sync": p.last_sync} for p in self.peers.values() if p.addresses]
+                     "member": p.member, "device": p.device, "last_sync": p.last_sync}
+                    for p in self.peers.values() if p.addresses]
 
     # -- the loop --------------------------------------------------------------------------------
 

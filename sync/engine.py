@@ -58,20 +58,23 @@ class PeerBook:
             self._peers = service.store.get(self.KEY, {})
         return self._peers
 
-    def note(self, service, member: str, address: str | None, source: str, synced: bool) -> None:
-        """Record that we met `member` at `address`."""
+    def note(self, service, member: str, device: str, address: str | None, source: str, synced: bool) -> None:
+        """Record that we met `member`'s `device` at `address`."""
         peers = self._book(service)
-        old = peers.get(member)
+        # One line per device: a member's laptop and phone are two nodes, and one may be retired.
+        # (Books written before kept one line per member, under the member's id.)
+        old = peers.get(device) or peers.pop(member, None)
         peer = dict(old) if old else {"id": member, "address": address, "source": source, "last_sync": None}
+        peer["device"] = device
         if address:
             peer["address"] = address
         if source == "lan" or not peer.get("source"):
             peer["source"] = source
         if synced:
             peer["last_sync"] = now_ms()
-        peers[member] = peer
+        peers[device] = peer
         self._dirty = True
-        news = old is None or old.get("address") != peer["address"] or old.get("source") != peer["source"]
+        news = old is None or any(old.get(k) != peer[k] for k in ("address", "source", "device"))
         if news or time.monotonic() - self._saved_at >= self.SAVE_EVERY_S:
             self.save(service)
 
@@ -86,15 +89,16 @@ class PeerBook:
             self._saved_at = time.monotonic()
 
     def view(self, service) -> list[dict]:
-        """GET /api/peers: peers with the name I know them by."""
+        """GET /api/peers: peers with the name I know them by, and whether their device was retired."""
         out = []
+        retired = carry.retired_devices(service.states, service.store)
         for peer in self._book(service).values():
             name = None
             for state in service.states.values():
                 if peer["id"] in state.names:
                     name = state.name_of(peer["id"])
                     break
-            out.append({**peer, "name": name,
+            out.append({**peer, "name": name, "device": peer.get("device"), "retired": peer.get("device") in retired,
                         "last_sync": iso(peer["last_sync"]) if peer.get("last_sync") else None})
         return sorted(out, key=lambda p: p.get("last_sync") or "", reverse=True)
 
@@ -187,7 +191,7 @@ class SyncEngine:
         # Only peers I share something with go in the book: strangers with fresh keys would
         # otherwise grow it (and the peers page) without end.
         if name == "join" or protocol.peer_scope(service, member):
-            self.book.note(service, member, None, "manual", name != "join")
+            self.book.note(service, member, device, None, "manual", name != "join")
         return 200, reply, started, name == "exchange" and bool(protocol.shared_docs(service, member))
 
     # -- the client side --------------------------------------------------------------------------
@@ -251,7 +255,7 @@ class SyncEngine:
         received, sent = protocol.run_exchange(lambda fn, *args: self.node.call(self._from, peer_member, fn, *args),
                                                peer_member, lambda name, body: self._call(client, name, body),
                                                prefetch=True)
-        shares = self.node.call(self._synced, peer_member, address, source)
+        shares = self.node.call(self._synced, peer_member, b32(client.peer_device_key), address, source)
         return {"received": received, "sent": sent, "peer": peer_member, "device": b32(client.peer_device_key),
                 "shares": shares}
 
@@ -263,9 +267,9 @@ class SyncEngine:
         finally:
             self.ingesting_from = None
 
-    def _synced(self, service, member: str, address: str, source: str) -> bool:
+    def _synced(self, service, member: str, device: str, address: str, source: str) -> bool:
         """On the node thread, after an exchange: note the peer; whether it shares a document with me."""
-        self.book.note(service, member, address, source, True)
+        self.book.note(service, member, device, address, source, True)
         return bool(protocol.shared_docs(service, member))
 
     def _call(self, client: SyncClient, name: str, body: bytes) -> bytes:
@@ -377,11 +381,12 @@ class SyncEngine:
 
         A LAN peer that said goodbye is dropped; one not yet authenticated shows without id.
         """
-        known = {p["id"]: p for p in self.node.call(self.book.view)}
+        known = {p["device"] or p["id"]: p for p in self.node.call(self.book.view)}
         out = [p for p in known.values() if p["source"] != "lan"]
         for lan in self.autosync.view() if self.autosync else []:
-            peer = known.get(lan["member"]) or {"id": lan["member"], "name": None, "last_sync": None}
-            out = [p for p in out if p["id"] != peer["id"]]
+            peer = known.get(lan["device"]) or {"id": lan["member"], "device": lan["device"], "name": None,
+                                                "last_sync": None, "retired": False}
+            out = [p for p in out if p["device"] is None or p["device"] != peer["device"]]
             out.append({**peer, "address": lan["address"], "source": "lan"})
         return out
 

@@ -62,11 +62,16 @@ def entry_count(node, cid) -> int:
     return len(node.api("GET", f"/api/congregations/{cid}/history", expect=200)[1])
 
 
-def home_page(node) -> str:
-    """The node's home page as a member's browser gets it (the token link, then the session)."""
+def home_page(node, path: str = "") -> str:
+    """The node's home page (or another at `path`) as a member's browser gets it (the token
+    link, then the session)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
                                          urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     with opener.open(node.url, timeout=30) as resp:
+        page = resp.read().decode()
+    if not path:
+        return page
+    with opener.open(node.base + path, timeout=30) as resp:
         return resp.read().decode()
 
 
@@ -352,6 +357,11 @@ def test_a_second_device_joins_writes_and_is_retired(node_factory, tmp_path):
     phone.api("POST", f"/api/crews/{crew}/commitments", {"what": "Water the beans", "due": "2031-05-01"}, expect=201)
     phone.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
     assert [c["what"] for c in ada.api("GET", f"/api/crews/{crew}")[1]["commitments"]] == ["Water the beans"]
+    # Bob's node meets both of Ada's devices: two nodes, two lines.
+    phone.api("POST", "/api/sync", {"address": bob.sync_address}, expect=200)
+    ada_device = ada.api("GET", "/api/me", expect=200)[1]["device"]
+    met = {p["device"]: p for p in bob.api("GET", "/api/peers", expect=200)[1] if p["id"] == ada_id}
+    assert set(met) == {ada_device, phone_me["device"]} and not any(p["retired"] for p in met.values())
 
     devices = ada.api("GET", "/api/devices", expect=200)[1]
     assert {d["id"] for d in devices} == {ada.api("GET", "/api/me")[1]["device"], phone_me["device"]}
@@ -365,6 +375,9 @@ def test_a_second_device_joins_writes_and_is_retired(node_factory, tmp_path):
     assert retired["retired"] is True
     bob.api("POST", "/api/sync", {"address": ada.sync_address}, expect=200)
 
+    met = {p["device"]: p for p in bob.api("GET", "/api/peers", expect=200)[1] if p["id"] == ada_id}
+    assert met[phone_me["device"]]["retired"] is True and met[ada_device]["retired"] is False
+    assert "Retired device" in home_page(bob, "/peers")
     # Bob's node refuses the retired device outright, and its later entries even when carried by hand.
     assert phone.api("GET", "/api/me", expect=200)[1]["device_retired"] is None
     status, answer = phone.api("POST", "/api/sync", {"address": bob.sync_address})
