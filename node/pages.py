@@ -275,7 +275,8 @@ def home_data(service, show_all: bool) -> dict:
     for congregation in congregations:
         cards = [views.memo(c, "home-card", lambda c=c: {"id": c.id, "name": c.meta_value("name"),
                                                          "size": len(c.active_members())})
-                 for c in service.crews_of(congregation["id"]) if c.members[service.me].status == "active"]
+                 for c in service.crews_of(congregation["id"])
+                 if c.members[service.me].status == "active" and not moved_away(service.states, c, service.me)]
         congregation["crews"] = sorted(cards, key=lambda c: c["name"].lower())
         lineage = service.states[congregation["id"]].lineage
         congregation["forked_from_name"] = lineage.get("name") if lineage else None
@@ -301,6 +302,7 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
     crews = sorted(service.crews_of(cid), key=lambda c: c.meta_value("name").lower())
     cards = [views.memo(c, "page-card", lambda c=c: {**views.crew_summary(c), "size": len(c.active_members())})
              for c in crews]
+    cards = [{**card, "went": moved_away(service.states, c, me)} for card, c in zip(cards, crews)]
     others = views.memo(state, ("page-others", me),
                         lambda: [p for p in members if p["status"] == "active" and p["id"] != me])
     return {
@@ -316,7 +318,7 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
         "active_count": len(views.active_set(state)),
         "open_invites": views.open_invites(state, now_ms()),
         "crews": cards,
-        "my_crews": [card for card, c in zip(cards, crews) if c.members[me].status == "active"],
+        "my_crews": [card for card, c in zip(cards, crews) if c.members[me].status == "active" and not card["went"]],
         "agreements": _agreement_views(service, state, shown),
         "counts": counts, "show": show, "page": page, "pages_total": pages_total,
         "status_note": status_note(state, me),

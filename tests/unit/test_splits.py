@@ -63,6 +63,7 @@ def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(
     # Ada splits off Garden Club with Cy and the crew; Cy, not yet knowing, adds Bea to it.
     child = ada.fork_congregation(cid, "Garden Club", [crew], [cy.me])["id"]
     cy.add_crew_member(crew, bea.me)
+    hose = cy.propose(crew, "Share the hose", "")["id"]     # Bea is asked, as Cy's node sees it
     exchange(bea, cy)                                   # Bea hears of it before Cy hears of the split
     exchange_all(*world.all)
     for node in (ada, cy):
@@ -87,6 +88,13 @@ def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(
         bea.commit(crew, "Water the beans")
     assert bea.store.max_rowid() == rows
     assert not pages.agreement_data(bea, rule)["can_write"] and pages.agreement_data(ada, rule)["can_write"]
+    # Nothing of it is asked of her any more, and her lists say where it went.
+    assert hose not in {a["id"] for a in bea.due_view()["awaiting_response"]}
+    assert hose in {a["id"] for a in ada.due_view()["awaiting_response"]}
+    home = pages.home_data(bea, False)
+    assert all(crew not in {k["id"] for k in c["crews"]} for c in home["congregations"])
+    listed = {k["id"]: k for k in pages.congregation_data(bea, cid, "all", 1)["crews"]}
+    assert listed[crew]["went"] == "Garden Club"
     assert pages.agreement_data(ada, rule)["parent"] == {"id": child, "name": "Garden Club"}
     assert bea.leave(crew)["status"] == "left"
     # The members name her in what they write and read about her.
