@@ -23,7 +23,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from markupsafe import Markup, escape
 
 from . import views
-from .docstate import gone_from_congregation, moved_away, names_for
+from .docstate import gone_from_congregation, names_for
 from .errors import Invalid, NodeError, NotFound
 from .ids import now_ms
 from .service import INVITE_DAYS, Service
@@ -276,7 +276,7 @@ def home_data(service, show_all: bool) -> dict:
         cards = [views.memo(c, "home-card", lambda c=c: {"id": c.id, "name": c.meta_value("name"),
                                                          "size": len(c.active_members())})
                  for c in service.crews_of(congregation["id"])
-                 if c.members[service.me].status == "active" and not moved_away(service.states, c, service.me)]
+                 if c.members[service.me].status == "active" and not service.cut_off(c)]
         congregation["crews"] = sorted(cards, key=lambda c: c["name"].lower())
         lineage = service.states[congregation["id"]].lineage
         congregation["forked_from_name"] = lineage.get("name") if lineage else None
@@ -302,7 +302,7 @@ def congregation_data(service, cid: str, show: str, page: int) -> dict:
     crews = sorted(service.crews_of(cid), key=lambda c: c.meta_value("name").lower())
     cards = [views.memo(c, "page-card", lambda c=c: {**views.crew_summary(c), "size": len(c.active_members())})
              for c in crews]
-    cards = [{**card, "went": moved_away(service.states, c, me)} for card, c in zip(cards, crews)]
+    cards = [{**card, "went": service.cut_off(c)} for card, c in zip(cards, crews)]
     others = views.memo(state, ("page-others", me),
                         lambda: [p for p in members if p["status"] == "active" and p["id"] != me])
     return {
@@ -440,7 +440,7 @@ def crew_data(service, crew_id: str) -> dict:
 
 def _crew_data(service, crew, congregation, names, today: str) -> dict:
     view = service.crew_view(crew.id)
-    moved_to = moved_away(service.states, crew, service.me)
+    moved_to = service.cut_off(crew)
     # Active in the crew but gone from its congregation: the crew's records no longer reach them.
     gone = {m: congregation.members[m].status if m in congregation.members else "outside" for m in crew.members
             if crew.members[m].status == "active" and gone_from_congregation(service.states, crew, m)}
@@ -475,7 +475,7 @@ def agreement_data(service, aid: str) -> dict:
     return {"me": service.me, "agreement": agreement,
             "scope": {"type": state.type, "id": state.id, "name": state.meta_value("name")},
             "parent": _crumb_parent(service, state), "my_status": my_status,
-            "can_write": my_status == "active" and not (state.type == "crew" and moved_away(service.states, state, service.me))}
+            "can_write": my_status == "active" and not service.cut_off(state)}
 
 
 def _crumb_parent(service, state) -> dict | None:

@@ -241,14 +241,14 @@ class Service:
             raise NotFound(f"no crew {crew_id} here")
         return state
 
-    def _cut_off(self, state: DocState) -> str | None:
+    def cut_off(self, state: DocState) -> str | None:
         """For a crew a split moved to a congregation I did not go to: that congregation's name."""
         return moved_away(self.states, state, self.me) if state.type == "crew" else None
 
     def _writable(self, state: DocState, leaving: bool = False) -> None:
         if not self._is_active(state):
             raise Forbidden(f"you are no longer an active member of this {state.type}")
-        went = None if leaving else self._cut_off(state)
+        went = None if leaving else self.cut_off(state)
         if went:
             raise Forbidden(f"this crew went to {went} when it split off, and you are not in that congregation: "
                             "what you write here would reach no one (you can leave the crew)")
@@ -436,8 +436,7 @@ class Service:
         crew = self.crew_state(crew_id)
         names = names_for(self.states, crew)
         changes = self.changes_view(crew, names)
-        origin = self.states.get(crew.genesis.op.get("congregation"))
-        return {**views.crew_view(crew, names, origin), "my_status": crew.members[self.me].status,
+        return {**views.crew_view(crew, names, functools.partial(name_in, self.states, crew)), "my_status": crew.members[self.me].status,
                 "forks": changes["forks"], "void_entries": changes["void_entries"]}
 
     # -- membership over time (node/lifecycle.py) --------------------------------------------------
@@ -617,7 +616,7 @@ class Service:
         today = dt.date.today().isoformat()
         commitments, waiting, reviews = [], [], []
         for state in list(self.states.values()):
-            if self.me not in state.members or self._cut_off(state):
+            if self.me not in state.members or self.cut_off(state):
                 continue
             names = names_for(self.states, state)
             part = views.due_in(state, self.me, today)

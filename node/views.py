@@ -206,15 +206,14 @@ def crew_summary(crew: DocState) -> dict:
             "members": crew.active_members()}
 
 
-def crew_view(crew: DocState, names: DocState, origin: DocState | None = None) -> dict:
-    """A crew as API.md shapes it, with the member names of `names` (docstate.names_for), else
-    of `origin`, the congregation it was made in (for a member who did not go with it in a split)."""
+def crew_view(crew: DocState, names: DocState, name_of=None) -> dict:
+    """A crew as API.md shapes it, with the member names of `names` (docstate.names_for), or as
+    `name_of` gives them (docstate.name_in)."""
     commitments = sorted(crew.commitments.values(), key=lambda c: (c.first[1].op.get("due") or "9999", c.first[0]))
     view = {
         **crew_summary(crew),
         "congregation_id": crew.congregation,
-        "member_names": {m: (origin if origin is not None and m not in names.names else names).name_of(m)
-                         for m in crew.members},
+        "member_names": {m: (name_of or names.name_of)(m) for m in crew.members},
         "agreements": agreements_view(crew, names),
         "commitments": [commitment_view(c, names) for c in commitments],
     }
