@@ -6,6 +6,7 @@ Attributed facts (membership, names, proposals, responses, commitments) come fro
 operations, so no member can put words in another's mouth; the free-form shared content that
 members may all edit (name, purpose) lives in the pycrdt document, where concurrent edits merge.
 """
+import weakref
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -229,20 +230,42 @@ def membership_event(entry, author: str):
     return None
 
 
-def names_for(states: dict, state: "DocState") -> "DocState":
+class _MovedCrewNames:
+    """The names a crew that a split moved shows: its congregation's, and for those not in it
+    (added by a member who had not heard of the split) the congregation's it was made in. In all
+    else it is its congregation."""
+
+    def __init__(self, congregation: "DocState", origin: "DocState"):
+        self.congregation, self.origin = congregation, origin
+
+    @property
+    def names(self) -> dict:
+        return {**self.origin.names, **self.congregation.names}
+
+    def name_of(self, member: str) -> str:
+        return (self.congregation if member in self.congregation.names else self.origin).name_of(member)
+
+    def __getattr__(self, attr):
+        return getattr(self.congregation, attr)
+
+
+# One for each moved crew while its two congregations stay the same objects, so that what is
+# remembered per names document (views.memo) stays remembered.
+_MOVED_CREW_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def names_for(states: dict, state: "DocState"):
     """The document whose member names `state` shows: a crew's congregation as held here (else
     the one it was made in: a split may have moved it to one not held here), or itself."""
     if state.type != "crew":
         return state
-    return states.get(state.congregation) or states.get(state.genesis.op.get("congregation")) or state
-
-
-def name_in(states: dict, state: "DocState", member: str) -> str:
-    """A member's name as `state` shows it (names_for); for a crew, else as the congregation it
-    was made in knows it (someone added to it who did not go with it in a split)."""
-    names = names_for(states, state)
-    origin = states.get(state.genesis.op.get("congregation")) if state.type == "crew" else None
-    return (origin if origin is not None and member not in names.names else names).name_of(member)
+    congregation, origin = states.get(state.congregation), states.get(state.genesis.op.get("congregation"))
+    if congregation is None or origin is None or congregation is origin:
+        return congregation or origin or state
+    known = _MOVED_CREW_NAMES.get(state)
+    if known is None or known.congregation is not congregation or known.origin is not origin:
+        known = _MOVED_CREW_NAMES[state] = _MovedCrewNames(congregation, origin)
+    return known
 
 
 def moved_away(states: dict, crew: "DocState", member: str) -> str | None:

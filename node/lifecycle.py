@@ -5,7 +5,7 @@ by the ledger's recompute, the same on every node (see node/ledger.py).
 """
 import unicodedata
 
-from .docstate import name_in
+from .docstate import names_for
 from .errors import Conflict, Invalid, NodeError, NotFound
 from .rules import MAX_REASON, MAX_TEXT, MAX_TITLE, Refused, check_member_id, check_text
 
@@ -49,7 +49,7 @@ def propose_removal(service, doc: str, member, reason) -> dict:
         raise Invalid("you cannot propose your own removal: leave instead")
     if not service._is_active(state, member):
         raise Invalid(f"{member} is not an active member of this {state.type}")
-    title = f"Remove {name_in(service.states, state, member)}"[:MAX_TITLE]
+    title = f"Remove {names_for(service.states, state).name_of(member)}"[:MAX_TITLE]
     return service.propose(doc, title, reason, kind="removal", subject=member)
 
 

@@ -471,17 +471,17 @@ def _crew_data(service, crew, congregation, names, today: str) -> dict:
 def agreement_data(service, aid: str) -> dict:
     state, _ = service.find_agreement(aid)
     agreement = decorate(service.agreement_view(aid), service.me, limit=None, names=names_for(service.states, state))
-    my_status = state.members[service.me].status
+    my_status, cut_off = state.members[service.me].status, service.cut_off(state)
     return {"me": service.me, "agreement": agreement,
             "scope": {"type": state.type, "id": state.id, "name": state.meta_value("name")},
-            "parent": _crumb_parent(service, state), "my_status": my_status,
-            "can_write": my_status == "active" and not service.cut_off(state)}
+            "parent": _crumb_parent(service, state), "my_status": my_status, "cut_off": cut_off,
+            "can_write": my_status == "active" and not cut_off}
 
 
 def _crumb_parent(service, state) -> dict | None:
     """For a crew's pages below its own: the congregation to name in the breadcrumb, if mine here."""
     congregation = service.states.get(state.congregation) if state.type == "crew" else None
-    if congregation is None or service.me not in congregation.members:
+    if congregation is None or service.me not in congregation.members or service.cut_off(state):
         return None
     return {"id": congregation.id, "name": congregation.meta_value("name")}
 

@@ -4,7 +4,6 @@ A `Service` is single-threaded (SQLite connection and pycrdt documents stay on o
 `worker.NodeThread` runs it on its own thread for the web app and the sync listener.
 """
 import datetime as dt
-import functools
 import hashlib
 import os
 import re
@@ -14,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pycrdt import Doc, Map
 
 from . import lifecycle, views
-from .docstate import DocState, moved_away, name_in, names_for
+from .docstate import DocState, gone_from_congregation, moved_away, names_for
 from .entries import build_entry
 from .errors import Conflict, Forbidden, Invalid, NotFound
 from .identity import load_or_create_identity, raw_public, verify
@@ -322,13 +321,12 @@ class Service:
         if state is None or self.me not in state.members:
             raise NotFound(f"no congregation or crew {doc_id} here")
         names = names_for(self.states, state)
-        name_of = functools.partial(name_in, self.states, state)
         out = []
         from .entries import decode_entry
         for author, device, seq, at, raw, void in self.store.history(doc_id, limit):
             entry = decode_entry(raw)
-            out.append({"author": author, "author_name": name_of(author), "device": device,
-                        "seq": seq, "at": views.iso(at), "summary": summarize(entry, state, names, name_of),
+            out.append({"author": author, "author_name": names.name_of(author), "device": device,
+                        "seq": seq, "at": views.iso(at), "summary": summarize(entry, state, names),
                         "void": void})
         return out
 
@@ -436,7 +434,7 @@ class Service:
         crew = self.crew_state(crew_id)
         names = names_for(self.states, crew)
         changes = self.changes_view(crew, names)
-        return {**views.crew_view(crew, names, functools.partial(name_in, self.states, crew)), "my_status": crew.members[self.me].status,
+        return {**views.crew_view(crew, names), "my_status": crew.members[self.me].status,
                 "forks": changes["forks"], "void_entries": changes["void_entries"]}
 
     # -- membership over time (node/lifecycle.py) --------------------------------------------------
@@ -581,6 +579,9 @@ class Service:
         _valid(check_member_id, by, "by")
         if not self._is_active(crew, by):
             raise Invalid("a commitment must be by an active member of the crew")
+        if gone_from_congregation(self.states, crew, by):
+            raise Invalid(f"{names_for(self.states, crew).name_of(by)} is not in this crew's congregation: "
+                          "the crew's records no longer reach them")
         entry = self._write(crew_id, {"t": "commit", "commitment": None, "what": what, "due": due, "by": by})
         return self.commitment_view(entry.op["commitment"])
 
@@ -639,11 +640,11 @@ def _valid(check, *args, **kwargs):
         raise Invalid(str(exc)) from None
 
 
-def summarize(entry, state: DocState, names: DocState, name_of=None) -> str:
+def summarize(entry, state: DocState, names: DocState) -> str:
     """One line saying what an entry did, for the history. An entry held as void was never
     checked against the rules (a former member's, say): its fields may be anything."""
     try:
-        return _summary(entry, state, names, name_of or names.name_of)
+        return _summary(entry, state, names)
     except (KeyError, TypeError, AttributeError):
         return f"wrote a “{entry.op['t']}” entry that does not hold together"
 
@@ -660,7 +661,7 @@ def _for(note: str | None) -> str:
     return f" for {note}" if note else ""
 
 
-def _summary(entry, state: DocState, names: DocState, name_of) -> str:
+def _summary(entry, state: DocState, names: DocState) -> str:
     op = entry.op
     kind = op["t"]
     agreement = state.agreements.get(op.get("agreement", ""))
@@ -673,25 +674,26 @@ def _summary(entry, state: DocState, names: DocState, name_of) -> str:
                             if op.get("forked_from") else f"created the {state.type} “{state.meta_value('name')}”"),
         "name": lambda: f"set their name to “{_text(op, 'name')}”",
         "leave": lambda: f"left the {state.type}",
-        "cut": lambda: f"carried out the agreed removal of {name_of(_text(op, 'member'))}",
+        "cut": lambda: f"carried out the agreed removal of {names.name_of(_text(op, 'member'))}",
         "split": lambda: (f"split off the congregation “{_text(op, 'name', '')}”, with "
-                          + ", ".join(name_of(m) for m in op["members"])
+                          + ", ".join(names.name_of(m) for m in op["members"])
                           + (f" and {views.plural(len(op['crews']), 'crew')}" if op.get("crews") else "")),
         "move": lambda: (f"moved the crew to “{names.meta_value('name')}”" if names.id == op["congregation"]
                          else "moved the crew to another congregation"),
         "retire_device": lambda: "retired one of their devices",
+        "device": lambda: "started using another device",
         "meta": lambda: "edited the name or purpose",
         "invite": lambda: "created an invite" + _for(_text(op, "note", "")),
         "withdraw": lambda: "withdrew an invite" + _for(state.invites.get(_text(op, "invite"), {}).get("note")),
-        "admit": lambda: f"admitted {name_of(_text(op, 'member'))}" + (
+        "admit": lambda: f"admitted {names.name_of(_text(op, 'member'))}" + (
             " with a code that had been withdrawn (a node that had not heard of it yet let them in)"
             if _text(op, "invite") in state.withdrawn else ""),
-        "add": lambda: f"added {name_of(_text(op, 'member'))} to the crew",
+        "add": lambda: f"added {names.name_of(_text(op, 'member'))} to the crew",
         "propose": lambda: f"proposed “{_text(op, 'title')}”",
         "revise": lambda: (f"proposed to retire “{_text(op, 'title')}”" if op.get("retire") is True
                            else f"revised “{_text(op, 'title')}”"),
         "respond": lambda: f"responded {_text(op, 'response').replace('_', ' ')} to “{title}”",
         "retire": lambda: f"retired “{title}”",
-        "commit": lambda: f"committed {name_of(_text(op, 'by'))} to “{_text(op, 'what')}”",
+        "commit": lambda: f"committed {names.name_of(_text(op, 'by'))} to “{_text(op, 'what')}”",
         "status": lambda: f"marked “{what}” {_text(op, 'status')}",
     }.get(kind, lambda: kind)()

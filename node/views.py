@@ -206,14 +206,13 @@ def crew_summary(crew: DocState) -> dict:
             "members": crew.active_members()}
 
 
-def crew_view(crew: DocState, names: DocState, name_of=None) -> dict:
-    """A crew as API.md shapes it, with the member names of `names` (docstate.names_for), or as
-    `name_of` gives them (docstate.name_in)."""
+def crew_view(crew: DocState, names: DocState) -> dict:
+    """A crew as API.md shapes it, with the member names of `names` (docstate.names_for)."""
     commitments = sorted(crew.commitments.values(), key=lambda c: (c.first[1].op.get("due") or "9999", c.first[0]))
     view = {
         **crew_summary(crew),
         "congregation_id": crew.congregation,
-        "member_names": {m: (name_of or names.name_of)(m) for m in crew.members},
+        "member_names": {m: names.name_of(m) for m in crew.members},
         "agreements": agreements_view(crew, names),
         "commitments": [commitment_view(c, names) for c in commitments],
     }

@@ -12,7 +12,7 @@ import json
 import struct
 from contextlib import nullcontext
 
-from node.docstate import records_reach
+from node.docstate import gone_from_congregation, records_reach
 from node.batches import CheckedBatch, check_batch
 from node.ids import is_key_id
 
@@ -117,6 +117,10 @@ def peer_scope(service, peer_member: str) -> dict[str, int | None]:
         if member.status == "active":
             if records_reach(service.states, state, peer_member):
                 out[doc] = None
+            continue
+        if gone_from_congregation(service.states, state, peer_member):
+            # The crew's records stopped reaching them when they went from its congregation:
+            # what the crew wrote since, their removal from it included, is none of theirs.
             continue
         exits = [x for x in state.exits.get(peer_member, ()) if x.kind != "retired"]
         if exits:

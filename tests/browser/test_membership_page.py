@@ -345,6 +345,45 @@ def test_fork_a_congregation_and_follow_the_lineage_both_ways(node_factory, brow
         context.close()
 
 
+def test_someone_a_split_cut_off_from_a_crew_is_told_and_named(node_factory, browser):
+    """Cy adds Bea to Garden before hearing that Ada's split took it to Garden Club."""
+    ada, bea, cy = (node_factory.start(name=n) for n in ("Ada", "Bea", "Cy"))
+    cid = found(ada)
+    join(bea, ada, cid)
+    join(cy, ada, cid)
+    garden = crew(ada, cid, "Garden", [me(cy)])
+    sync_all(ada, bea, cy)
+    ada.api("POST", f"/api/congregations/{cid}/fork", {"name": "Garden Club", "crews": [garden], "members": [me(cy)]},
+            expect=201)
+    cy.api("POST", f"/api/crews/{garden}/members", {"member_id": me(bea)}, expect=200)
+    rota = cy.api("POST", f"/api/crews/{garden}/agreements", {"title": "Watering rota"}, expect=201)[1]["id"]
+    sync(bea, cy)
+    sync_all(ada, bea, cy)
+
+    context = browser.new_context()
+    try:
+        page = open_node(context.new_page(), bea)
+        page.goto(f"{bea.base}/crews/{garden}")
+        expect(page.locator("#moved-note")).to_contain_text("This crew went to Garden Club when it split off")
+        expect(page.get_by_role("button", name="Make commitment")).to_have_count(0)
+        expect(page.get_by_text("Leave this crew")).to_be_visible()
+        page.goto(f"{bea.base}/agreements/{rota}")
+        expect(page.locator("#moved-note")).to_contain_text("your answers would reach no one")
+        expect(page.get_by_role("button", name="Consent")).to_have_count(0)
+        page.goto(f"{bea.base}/c/{cid}")
+        expect(page.locator("#crews")).to_contain_text("went to Garden Club, which you are not in")
+
+        page = open_node(context.new_page(), ada)
+        page.goto(f"{ada.base}/crews/{garden}")
+        expect(page.locator("#members")).to_contain_text("Bea Not in the congregation")
+        expect(page.locator("#commit-by option")).to_have_text(["Ada (you)", "Cy"])
+        page.goto(f"{ada.base}/agreements/{rota}")
+        expect(page.locator("body")).not_to_contain_text(re.compile(r"member [a-z2-7]{8}"))
+        expect(page.locator("body")).to_contain_text("Not answered yet: Ada (you), Bea, Cy")
+    finally:
+        context.close()
+
+
 # -- forked logs ----------------------------------------------------------------------------------------
 
 def test_a_forked_device_log_shows_both_entries_as_evidence(node_factory, page):

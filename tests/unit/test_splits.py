@@ -88,6 +88,7 @@ def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(
         bea.commit(crew, "Water the beans")
     assert bea.store.max_rowid() == rows
     assert not pages.agreement_data(bea, rule)["can_write"] and pages.agreement_data(ada, rule)["can_write"]
+    assert pages.agreement_data(bea, rule)["cut_off"] == "Garden Club"
     # Nothing of it is asked of her any more, and her lists say where it went.
     assert hose not in {a["id"] for a in bea.due_view()["awaiting_response"]}
     assert hose in {a["id"] for a in ada.due_view()["awaiting_response"]}
@@ -96,10 +97,25 @@ def test_a_member_added_to_a_crew_a_split_moved_meanwhile_no_longer_receives_it(
     listed = {k["id"]: k for k in pages.congregation_data(bea, cid, "all", 1)["crews"]}
     assert listed[crew]["went"] == "Garden Club"
     assert pages.agreement_data(ada, rule)["parent"] == {"id": child, "name": "Garden Club"}
-    assert bea.leave(crew)["status"] == "left"
-    # The members name her in what they write and read about her.
-    assert ada.propose_removal(crew, bea.me, "She did not come with the crew")["title"] == "Remove Bea"
+    # The members name her in what they write and read about her, and remove her: which
+    # tells her node nothing of what the crew wrote since (her removal included).
+    removal = ada.propose_removal(crew, bea.me, "She did not come with the crew")
+    assert removal["title"] == "Remove Bea"
     assert any(h["summary"] == "added Bea to the crew" for h in ada.history(crew))
+    seen = pages.agreement_data(ada, removal["id"])["agreement"]
+    assert "member " not in str(seen) and "Bea" in str(seen)
+    assert {c["by_name"] for c in ada.crew_view(crew)["commitments"]} == {"Ada"}
+    with pytest.raises(Invalid, match="Bea is not in this crew's congregation"):
+        ada.commit(crew, "Bea waters on Mondays", None, bea.me)
+    exchange_all(ada, cy)
+    for node in (ada, cy):
+        node.respond(removal["id"], "consent")
+    exchange_all(ada, cy)
+    assert ada.states[crew].members[bea.me].status == "removed"
+    held = bea.store.max_rowid()
+    exchange_all(*world.all)
+    assert bea.store.max_rowid() == held and removal["id"] not in bea.states[crew].agreements
+    assert bea.leave(crew)["status"] == "left"                # put away on her own node
 
 
 def test_a_crew_two_splits_took_at_once_goes_to_one_and_the_other_says_where(world):
