@@ -372,6 +372,12 @@ def test_someone_a_split_cut_off_from_a_crew_is_told_and_named(node_factory, bro
         expect(page.get_by_role("button", name="Consent")).to_have_count(0)
         page.goto(f"{bea.base}/c/{cid}")
         expect(page.locator("#crews")).to_contain_text("went to Garden Club, which you are not in")
+        page.goto(f"{bea.base}/crews/{garden}")
+        page.get_by_text("Leave this crew").click()
+        page.get_by_label("I want to leave").check()
+        page.get_by_role("button", name="Leave", exact=True).click()
+        expect(page.locator("#my-status")).to_contain_text("It went to Garden Club, which you are not in.")
+        expect(page.locator("#my-status")).not_to_contain_text("add you again")
 
         page = open_node(context.new_page(), ada)
         page.goto(f"{ada.base}/crews/{garden}")
