@@ -35,6 +35,15 @@ def join(newcomer, inviter, cid) -> None:
         sync(newcomer, inviter)
 
 
+def founded_with(node_factory, *names) -> tuple:
+    """Nodes for `names`, the first founding Riverside and the others joining it; then its id."""
+    founder, *others = (node_factory.start(name=n) for n in names)
+    cid = found(founder)
+    for other in others:
+        join(other, founder, cid)
+    return (founder, *others, cid)
+
+
 def status_of(node, path) -> str:
     return node.api("GET", path, expect=200)[1]["my_status"]
 
@@ -123,10 +132,7 @@ def test_leave_a_crew_then_the_congregation(node_factory, browser):
 # -- removal by consent -------------------------------------------------------------------------
 
 def test_propose_a_removal_then_the_removed_member_sees_it(node_factory, browser):
-    ada, bo, cy = (node_factory.start(name=n) for n in ("Ada", "Bo", "Cy"))
-    cid = found(ada)
-    join(bo, ada, cid)
-    join(cy, ada, cid)
+    ada, bo, cy, cid = founded_with(node_factory, "Ada", "Bo", "Cy")
     money = crew(ada, cid, "Money", [me(bo), me(cy)])
     sync_all(ada, bo, cy)
     cy_id = me(cy)
@@ -347,10 +353,7 @@ def test_fork_a_congregation_and_follow_the_lineage_both_ways(node_factory, brow
 
 def test_someone_a_split_cut_off_from_a_crew_is_told_and_named(node_factory, browser):
     """Cy adds Bea to Garden before hearing that Ada's split took it to Garden Club."""
-    ada, bea, cy = (node_factory.start(name=n) for n in ("Ada", "Bea", "Cy"))
-    cid = found(ada)
-    join(bea, ada, cid)
-    join(cy, ada, cid)
+    ada, bea, cy, cid = founded_with(node_factory, "Ada", "Bea", "Cy")
     garden = crew(ada, cid, "Garden", [me(cy)])
     sync_all(ada, bea, cy)
     ada.api("POST", f"/api/congregations/{cid}/fork", {"name": "Garden Club", "crews": [garden], "members": [me(cy)]},
